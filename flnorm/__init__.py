@@ -1,0 +1,22 @@
+"""flnorm: federated learning simulations on Flower for normalization under non-IID data.
+
+The numerical core (norms, models, data, aggregation math, local training) imports no
+Flower; ``run_experiment`` (Flower simulation) is imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flnorm.config import ExperimentConfig
+
+__version__ = "0.1.0"
+__all__ = ["ExperimentConfig", "load_metrics", "run_experiment"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run_experiment", "load_metrics"):
+        from flnorm.runner import simulation
+
+        return getattr(simulation, name)
+    raise AttributeError(f"module 'flnorm' has no attribute {name!r}")

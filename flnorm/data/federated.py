@@ -1,0 +1,62 @@
+"""Per-process caches of datasets and partitions, and one client's data on a device.
+
+These caches live in an importable module on purpose: Ray actors keep them across
+calls, while globals of a ``__main__`` script would be pickled by value and lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from flnorm.data.datasets import ImageDataset, load_dataset
+from flnorm.data.partition import Partition, PartitionSpec, make_partition
+
+
+@lru_cache(maxsize=8)
+def load_partition(
+    dataset: str, data_dir: str, download: bool, partition: str, clients: int, seed: int
+) -> Partition:
+    """Partition of ``dataset`` (cached per process)."""
+    data = load_dataset(dataset, data_dir, download)
+    return make_partition(
+        data.train_y.numpy(), data.test_y.numpy(), PartitionSpec.parse(partition), clients, seed
+    )
+
+
+@lru_cache(maxsize=4)
+def _on_device(dataset: str, data_dir: str, download: bool, device: str) -> ImageDataset:
+    data = load_dataset(dataset, data_dir, download)
+    if device == "cpu":
+        return data
+    dev = torch.device(device)
+    return ImageDataset(
+        data.name, data.train_x.to(dev), data.train_y.to(dev), data.test_x.to(dev),
+        data.test_y.to(dev), data.num_classes, data.mean, data.std,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData:
+    """One client's train and test split, uint8 images on the training device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def client_data(
+    dataset: str, data_dir: str, download: bool, partition: str, clients: int, seed: int,
+    client: int, device: torch.device,
+) -> ClientData:
+    """The split of client ``client`` (``0 <= client < clients``) on ``device``."""
+    if not 0 <= client < clients:
+        raise ValueError(f"client {client} out of range for {clients} clients")
+    parts = load_partition(dataset, data_dir, download, partition, clients, seed)
+    data = _on_device(dataset, data_dir, download, str(device))
+    tr = torch.from_numpy(parts.train[client]).to(data.train_x.device)
+    te = torch.from_numpy(parts.test[client]).to(data.test_x.device)
+    return ClientData(data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te])

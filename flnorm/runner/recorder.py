@@ -1,0 +1,131 @@
+"""Per-round bookkeeping on the server: metrics rows, client rows, progress log."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+
+from flnorm.config import ExperimentConfig
+from flnorm.data.datasets import load_dataset
+from flnorm.device import resolve_device
+from flnorm.runner.monitor import PhaseReplies, ReplyLog
+from flnorm.runner.rundir import RunDirectory
+from flnorm.task import new_model
+from flnorm.training import Standardize, evaluate
+
+log = logging.getLogger("flnorm")
+
+
+class RoundFailed(RuntimeError):
+    """No client of a round replied successfully."""
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+class RoundRecorder:
+    """Writes one ``metrics.csv`` row and the ``clients.csv`` rows after every round.
+
+    Used as the strategy's ``evaluate_fn``, which Flower calls at the end of each round
+    (and once before the first, for the initial model).
+
+    Metrics per round
+    -----------------
+    ``test_accuracy``/``test_loss``: mean over clients of the global model's accuracy/loss
+    on each client's test split (the LN/FN paper's metric); ``union_accuracy``/
+    ``union_loss``: the global model on the whole test set, evaluated by the server;
+    ``train_loss``: mean over clients of their local training loss; ``failures``: client
+    replies that were errors or never arrived; ``seconds``: the round's wall time.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, rundir: RunDirectory, replies: ReplyLog) -> None:
+        self.cfg = cfg
+        self.rundir = rundir
+        self.replies = replies
+        self.device = resolve_device(cfg.device)
+        self.model = new_model(cfg).to(self.device)
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+        self.test_x = data.test_x.to(self.device)
+        self.test_y = data.test_y.to(self.device)
+        self.transform = Standardize(data.mean, data.std, self.device)
+        self.started = time.perf_counter()
+        self.last = self.started
+        self.rows: list[dict[str, float]] = []
+
+    def union_eval(self, arrays: ArrayRecord) -> tuple[float, float]:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(self.model, self.test_x, self.test_y, self.transform)
+        return result.accuracy, result.loss
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        union_acc, union_loss = self.union_eval(arrays)
+        if server_round == 0:
+            log.info("round 0: initial model, union accuracy %.4f", union_acc)
+            self.started = self.last = time.perf_counter()
+            return MetricRecord({"union_accuracy": union_acc, "union_loss": union_loss})
+        train, test = self.replies.take()
+        self._check(server_round, "train", train)
+        self._check(server_round, "evaluate", test)
+        now = time.perf_counter()
+        evaluated = [m for m in test.metrics if m["num-examples"] > 0]
+        row = {
+            "round": server_round,
+            "test_accuracy": _mean([m["test_accuracy"] for m in evaluated]),
+            "test_loss": _mean([m["test_loss"] for m in evaluated]),
+            "union_accuracy": union_acc,
+            "union_loss": union_loss,
+            "train_loss": _mean([m["train_loss"] for m in train.metrics]),
+            "clients_trained": len(train.metrics),
+            "failures": train.failures + test.failures,
+            "seconds": now - self.last,
+            "elapsed": now - self.started,
+        }
+        self.last = now
+        self.rows.append(row)
+        self.rundir.append_metrics(row)
+        self.rundir.append_clients(self._client_rows(server_round, train, test))
+        log.info(
+            "round %d/%d: test_accuracy %.4f (mean over clients), union_accuracy %.4f, "
+            "train_loss %.4f, %.2f s",
+            server_round, self.cfg.rounds, row["test_accuracy"], union_acc, row["train_loss"],
+            row["seconds"],
+        )
+        return MetricRecord({k: float(v) for k, v in row.items()})
+
+    def _check(self, server_round: int, phase: str, replies: PhaseReplies) -> None:
+        if replies.failures:
+            log.warning(
+                "round %d %s: %d of %d clients failed: %s", server_round, phase,
+                replies.failures, replies.sent, "; ".join(replies.errors[:3]) or "no reply",
+            )
+        if replies.sent and not replies.metrics:
+            raise RoundFailed(
+                f"round {server_round}: every client failed in {phase}: "
+                + ("; ".join(replies.errors[:3]) or "no reply before the timeout")
+            )
+
+    @staticmethod
+    def _client_rows(
+        server_round: int, train: PhaseReplies, test: PhaseReplies
+    ) -> list[dict[str, float]]:
+        by_client: dict[int, dict[str, float]] = {}
+        for m in train.metrics:
+            by_client.setdefault(int(m["client"]), {}).update(
+                train_loss=m["train_loss"], num_train=m["num-examples"], fit_seconds=m["fit_seconds"]
+            )
+        for m in test.metrics:
+            by_client.setdefault(int(m["client"]), {}).update(
+                test_accuracy=m["test_accuracy"] if m["num-examples"] else math.nan,
+                test_loss=m["test_loss"] if m["num-examples"] else math.nan,
+                num_test=m["num-examples"],
+            )
+        columns = ("train_loss", "num_train", "fit_seconds", "test_accuracy", "test_loss", "num_test")
+        return [
+            {"round": server_round, "client": c, **{k: v.get(k, math.nan) for k in columns}}
+            for c, v in sorted(by_client.items())
+        ]

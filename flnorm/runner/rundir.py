@@ -1,0 +1,94 @@
+"""The run directory: resolved config, per-round and per-client CSVs, final model.
+
+Rows are appended and flushed as rounds finish, so a crash keeps what was measured;
+the model is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flnorm.config import ExperimentConfig
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+CLIENTS_FILE = "clients.csv"
+MODEL_FILE = "model.pt"
+
+
+def default_run_dir(cfg: ExperimentConfig, base: str | Path = "runs") -> Path:
+    """``runs/<run name>-<UTC timestamp>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    return Path(base) / f"{cfg.run_name}-{stamp}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("flnorm", "flwr", "torch", "torchvision", "ray", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class RunDirectory:
+    """Writer for one run directory.
+
+    Parameters
+    ----------
+    path
+        Directory to create. It must not hold results already.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+        if (self.path / METRICS_FILE).exists():
+            raise FileExistsError(f"{self.path} already holds a run; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._headers: dict[str, list[str]] = {}
+
+    def write_config(self, cfg: ExperimentConfig, **resolved: Any) -> None:
+        """Write the config with its resolved values (device, norm, versions ...)."""
+        body = {"config": cfg.to_flat(), "resolved": resolved, "versions": versions()}
+        self._atomic_write(CONFIG_FILE, json.dumps(body, indent=2, default=str).encode())
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        self._append(METRICS_FILE, [row])
+
+    def append_clients(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._append(CLIENTS_FILE, rows)
+
+    def save_model(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        tmp = self.path / (MODEL_FILE + ".tmp")
+        torch.save(dict(state_dict), tmp)
+        os.replace(tmp, self.path / MODEL_FILE)
+
+    def _append(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        file = self.path / name
+        header = self._headers.setdefault(name, list(rows[0]))
+        new = not file.exists()
+        with file.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header, extrasaction="raise")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def _atomic_write(self, name: str, data: bytes) -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path / name)

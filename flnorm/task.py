@@ -1,0 +1,116 @@
+"""What one client does in a round, in plain PyTorch (no Flower import).
+
+The Flower ClientApp in ``clients/`` translates messages to these calls; a plain loop
+(the overhead benchmark) can call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+from flnorm.config import ExperimentConfig
+from flnorm.data.datasets import load_dataset
+from flnorm.data.federated import ClientData, client_data
+from flnorm.device import resolve_device
+from flnorm.models import build_model
+from flnorm.training import Standardize, evaluate, train_local
+
+_threads_set = False
+
+
+def use_threads(num_threads: int) -> None:
+    """Match torch's intra-op threads to the CPUs a client was given (once per process)."""
+    global _threads_set
+    if not _threads_set:
+        torch.set_num_threads(num_threads)
+        _threads_set = True
+
+
+def round_seed(seed: int, server_round: int, client: int) -> int:
+    """A seed for client ``client`` in ``server_round``, independent across the three."""
+    return int(np.random.SeedSequence([seed, server_round, client]).generate_state(1)[0])
+
+
+def new_model(cfg: ExperimentConfig) -> nn.Module:
+    """The model ``cfg`` names, initialized from ``cfg.seed`` (CPU, float32)."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model, cfg.norm_spec, data.num_classes, data.input_shape, cfg.bias)
+
+
+@lru_cache(maxsize=4)
+def _worker_model(cfg: ExperimentConfig, device: str) -> nn.Module:
+    """One model object per process and config, reused across calls (weights reloaded)."""
+    return new_model(cfg).to(device)
+
+
+@lru_cache(maxsize=4)
+def _standardize(dataset: str, data_dir: str, download: bool, device: str) -> Standardize:
+    data = load_dataset(dataset, data_dir, download)
+    return Standardize(data.mean, data.std, torch.device(device))
+
+
+class ClientTask:
+    """A client's model, data and input transform for one config.
+
+    Parameters
+    ----------
+    cfg
+        The experiment.
+    client
+        Partition id, ``0 <= client < cfg.clients``.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, client: int) -> None:
+        use_threads(cfg.num_cpus)
+        self.cfg = cfg
+        self.client = client
+        self.device = resolve_device(cfg.device)
+        self.model = _worker_model(cfg, str(self.device))
+        self.data: ClientData = client_data(
+            cfg.dataset, cfg.data_dir, cfg.download, cfg.partition, cfg.clients, cfg.seed,
+            client, self.device,
+        )
+        self.transform = _standardize(cfg.dataset, cfg.data_dir, cfg.download, str(self.device))
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Install a (global) state dict into the model."""
+        self.model.load_state_dict(state, strict=True)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """A copy of the model's state dict on the CPU."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def fit(self, server_round: int, proximal_mu: float = 0.0) -> dict[str, float | int]:
+        """Train ``cfg.local_steps`` steps; return metrics."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(round_seed(cfg.seed, server_round, self.client))
+        result = train_local(
+            self.model, self.data.train_x, self.data.train_y, self.transform,
+            steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator,
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, proximal_mu=proximal_mu,
+        )
+        return {
+            "train_loss": result.loss,
+            "num-examples": len(self.data.train_y),
+            "client": self.client,
+            "fit_seconds": time.perf_counter() - start,
+        }
+
+    def test(self) -> dict[str, float | int]:
+        """Evaluate on the client's test split."""
+        result = evaluate(self.model, self.data.test_x, self.data.test_y, self.transform)
+        return {
+            "test_loss": result.loss if result.n else 0.0,
+            "test_accuracy": result.accuracy if result.n else 0.0,
+            "num-examples": result.n,
+            "client": self.client,
+        }

@@ -1,0 +1,121 @@
+"""Local training and evaluation in plain PyTorch.
+
+The unit of local work is a number of SGD *steps* (batches), as in the LN/FN paper.
+Batches are drawn from a stream of concatenated random permutations of the client's
+data, so every batch is full (``min(batch_size, n)`` samples) and the stream is a pure
+function of the generator's seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Standardize:
+    """Map uint8 images to ``(x / 255 - mean) / std`` on the images' device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        shape = (1, len(mean), 1, 1)
+        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(shape).to(device)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(shape).to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float32) * self.scale - self.shift
+
+
+def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """``[steps, b]`` sample indices, ``b = min(batch_size, n)``, from chained permutations."""
+    b = min(batch_size, n)
+    needed = steps * b
+    perms = [torch.randperm(n, generator=generator) for _ in range(-(-needed // n))]
+    return torch.cat(perms)[:needed].view(steps, b)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Mean training loss over the local steps and the samples they used."""
+
+    loss: float
+    steps: int
+    samples: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Summed loss and correct predictions over ``n`` samples."""
+
+    loss_sum: float
+    correct: int
+    n: int
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.n if self.n else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    transform: Standardize,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
+    """Run ``steps`` SGD steps on ``(x, y)`` (already on the model's device).
+
+    With ``proximal_mu > 0`` the FedProx term ``mu/2 * ||w - w_start||^2`` over the
+    trainable parameters is added to the loss.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    index = batch_indices(len(y), batch_size, steps, generator).to(x.device)
+    total = torch.zeros((), device=x.device)
+    for batch in index:
+        logits = model(transform(x[batch]))
+        loss = F.cross_entropy(logits, y[batch])
+        total += loss.detach()
+        if anchor is not None:
+            loss = loss + 0.5 * proximal_mu * sum(
+                (p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True)
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return TrainResult(loss=float(total) / steps, steps=steps, samples=int(index.numel()))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    transform: Standardize,
+    batch_size: int = 1000,
+) -> EvalResult:
+    """Loss and accuracy of ``model`` in eval mode (BN uses its running statistics)."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(y), batch_size):
+        xb, yb = transform(x[start : start + batch_size]), y[start : start + batch_size]
+        logits = model(xb)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == yb).sum()
+    return EvalResult(loss_sum=float(loss_sum), correct=int(correct), n=len(y))

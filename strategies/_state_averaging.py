@@ -1,0 +1,59 @@
+"""Shared aggregation for flnorm's Flower strategies: dtype-safe, order-independent.
+
+Flower's ``aggregate_arrayrecords`` multiplies every array by a float weight, which turns
+BatchNorm's int64 ``num_batches_tracked`` into float64 and sums in reply-arrival order.
+Here replies are sorted by client id and averaged with ``flnorm.aggregation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from flnorm.aggregation import weighted_average
+
+# Metric keys that identify a reply rather than measure it.
+ID_KEYS = ("client", "server-round")
+
+
+def client_order(msg: Message) -> tuple[int, int]:
+    """Sort key: the client's partition id when reported, then the node id."""
+    metrics = next(iter(msg.content.metric_records.values()), {})
+    return int(metrics.get("client", -1)), msg.metadata.src_node_id
+
+
+def mean_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Weighted mean of every numeric metric except ids and the weight itself."""
+    weights = [float(next(iter(r.metric_records.values()))[weighted_by_key]) for r in records]
+    total = sum(weights) or 1.0
+    out: dict[str, float] = {}
+    for record, w in zip(records, weights, strict=True):
+        for key, value in next(iter(record.metric_records.values())).items():
+            if key in ID_KEYS or key == weighted_by_key or isinstance(value, list):
+                continue
+            out[key] = out.get(key, 0.0) + float(value) * w / total
+    return MetricRecord(out)
+
+
+class StateAveraging:
+    """Mixin for Flower's FedAvg family: replaces ``aggregate_train`` only."""
+
+    weighted_by_key: str
+    train_metrics_aggr_fn: object
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average client states (dtype kept, integer counters exact) and metrics."""
+        valid, _ = self._check_and_log_replies(replies, is_train=True)  # type: ignore[attr-defined]
+        if not valid:
+            return None, None
+        contents = [m.content for m in sorted(valid, key=client_order)]
+        states = [
+            {k: a.numpy() for k, a in next(iter(c.array_records.values())).items()} for c in contents
+        ]
+        weights = [next(iter(c.metric_records.values()))[self.weighted_by_key] for c in contents]
+        averaged = weighted_average(states, weights)
+        arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[operator]

@@ -1,0 +1,79 @@
+"""Flower strategies on real messages carrying a BatchNorm CNN's state_dict."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from flnorm.config import STRATEGIES, ExperimentConfig
+from flnorm.errors import ConfigError
+from flnorm.models import build_model
+from flnorm.norms import NormSpec
+from strategies import STRATEGY_BUILDERS, FedAvg, FedProx, build_strategy
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Messages built outside a Flower process need an identity, as run_simulation sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+def _reply(client: int, state: dict, n: int) -> Message:
+    ask = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=100 + client, message_type=MessageType.TRAIN)
+    metrics = MetricRecord({"num-examples": n, "client": client, "train_loss": float(client), "server-round": 1})
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=ask)
+
+
+def _states():
+    out = []
+    for k in range(3):
+        torch.manual_seed(k)
+        model = build_model("cnn", NormSpec.parse("bn"), 10, (1, 28, 28)).train()
+        for _ in range(5):
+            model(torch.randn(4, 1, 28, 28) + k)
+        out.append(model.state_dict())
+    return out
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox"])
+def test_bn_safe_average_of_real_state_dicts(name):
+    strategy = build_strategy(ExperimentConfig(strategy=name))
+    states, sizes = _states(), [300, 100, 600]
+    replies = [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    out = arrays.to_torch_state_dict()
+    assert list(out) == list(states[0])
+    for key, value in out.items():
+        assert value.dtype == states[0][key].dtype, key
+        if value.is_floating_point():
+            ref = sum(n * s[key].double() for s, n in zip(states, sizes)) / sum(sizes)
+            torch.testing.assert_close(value, ref.float(), rtol=1e-6, atol=1e-7)
+    assert out["body.0.2.num_batches_tracked"].dtype == torch.int64
+    assert int(out["body.0.2.num_batches_tracked"]) == 5
+    assert metrics["train_loss"] == pytest.approx((0 * 300 + 1 * 100 + 2 * 600) / 1000)
+    assert "client" not in metrics and "server-round" not in metrics
+
+    # reply order does not change a single bit
+    shuffled, _ = strategy.aggregate_train(1, [replies[2], replies[0], replies[1]])
+    for key, value in shuffled.to_torch_state_dict().items():
+        assert torch.equal(value, out[key]), key
+
+
+def test_flower_default_turns_counter_into_float():
+    """Why flnorm overrides aggregate_train: Flower's helper makes the counter float64."""
+    replies = [_reply(k, s, 10) for k, s in enumerate(_states())]
+    flower = aggregate_arrayrecords([r.content for r in replies], "num-examples")
+    assert flower["body.0.2.num_batches_tracked"].numpy().dtype == np.float64
+
+
+def test_registry_matches_config_and_builds_each():
+    assert set(STRATEGY_BUILDERS) == set(STRATEGIES)
+    assert isinstance(build_strategy(ExperimentConfig(strategy="fedavg")), FedAvg)
+    prox = build_strategy(ExperimentConfig(strategy="fedprox", proximal_mu=0.3))
+    assert isinstance(prox, FedProx) and prox.proximal_mu == 0.3
+    with pytest.raises(ConfigError, match="valid choices: fedavg, fedprox"):
+        ExperimentConfig(strategy="scaffold")
