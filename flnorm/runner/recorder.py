@@ -40,7 +40,8 @@ class RoundRecorder:
     on each client's test split (the LN/FN paper's metric); ``union_accuracy``/
     ``union_loss``: the global model on the whole test set, evaluated by the server;
     ``train_loss``: mean over clients of their local training loss; ``failures``: client
-    replies that were errors or never arrived; ``seconds``: the round's wall time.
+    replies that were errors or never arrived; ``seconds``: the round's wall time;
+    ``elapsed``: seconds since round 1 began; ``timestamp``: Unix time at the round's end.
     """
 
     def __init__(self, cfg: ExperimentConfig, rundir: RunDirectory, replies: ReplyLog) -> None:
@@ -84,6 +85,7 @@ class RoundRecorder:
             "failures": train.failures + test.failures,
             "seconds": now - self.last,
             "elapsed": now - self.started,
+            "timestamp": time.time(),
         }
         self.last = now
         self.rows.append(row)
