@@ -39,6 +39,7 @@ HELP = {
     "data_dir": "where torchvision datasets live / are downloaded",
     "download": "download torchvision datasets when missing",
     "out": "run directory (default runs/<name>-<timestamp>)",
+    "node_timeout": "seconds the server waits for all clients' nodes to connect",
 }
 
 

@@ -51,6 +51,7 @@ class ExperimentConfig:
     data_dir: str = "data"
     download: bool = True
     out: str = ""
+    node_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
@@ -71,7 +72,7 @@ class ExperimentConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        for name in ("momentum", "weight_decay", "proximal_mu", "num_gpus"):
+        for name in ("momentum", "weight_decay", "proximal_mu", "num_gpus", "node_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {value!r}")

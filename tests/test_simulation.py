@@ -62,3 +62,23 @@ def test_python_api_fn_fedprox_learns(tmp_path):
     _check_run_dir(tmp_path / "fn", cfg)
     assert metrics["union_accuracy"].iloc[-1] > 0.5  # chance is 0.1
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+
+
+def test_failing_run_exits_non_zero_and_keeps_results(tmp_path, monkeypatch, capsys):
+    """A server-side failure in round 2 propagates out of the simulation; round 1 stays."""
+    from flnorm.cli import main
+    from flnorm.runner.recorder import RoundRecorder
+
+    original = RoundRecorder.__call__
+
+    def failing(self, server_round, arrays):
+        if server_round == 2:
+            raise RuntimeError("injected failure in round 2")
+        return original(self, server_round, arrays)
+
+    monkeypatch.setattr(RoundRecorder, "__call__", failing)
+    out = tmp_path / "failing"
+    code = main(["run", "--clients", "2", "--rounds", "3", "--local-steps", "2", "--out", str(out)])
+    assert code == 1
+    assert "injected failure in round 2" in capsys.readouterr().err
+    assert list(pd.read_csv(out / "metrics.csv")["round"]) == [1]

@@ -8,6 +8,7 @@ binds a config directly, for in-process simulations.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
         parameters=sum(p.numel() for p in model.parameters()),
         run_dir=str(rundir.path),
     )
+    wait_for_nodes(grid, cfg.clients, cfg.node_timeout)
     replies = ReplyLog(grid)
     recorder = RoundRecorder(cfg, rundir, replies)
     strategy = build_strategy(cfg)
@@ -55,6 +57,31 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
     rundir.save_model({k: torch.as_tensor(v) for k, v in state.items()})
     log.info("flnorm run finished: results in %s", rundir.path)
     return rundir.path
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
+    """Wait until exactly ``expected`` nodes are connected, or fail with what to change."""
+    deadline = time.monotonic() + timeout
+    next_log = 0.0
+    while True:
+        connected = len(list(grid.get_node_ids()))
+        if connected > expected:
+            raise RuntimeError(
+                f"{connected} nodes are connected but the run has clients={expected}; "
+                f"every node holds one partition: set clients={connected} or start {expected} nodes"
+            )
+        if connected == expected:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {connected} of clients={expected} nodes connected within {timeout:g} s; "
+                f"start more SuperNodes (flwr run: --federation-config num-supernodes={expected}) "
+                f"or set clients={connected}"
+            )
+        if time.monotonic() >= next_log:
+            log.info("waiting for nodes: %d of %d connected", connected, expected)
+            next_log = time.monotonic() + 10
+        time.sleep(0.5)
 
 
 def _ensure_logging() -> None:
