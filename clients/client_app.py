@@ -1,23 +1,29 @@
 """flnorm's Flower ClientApp (Message API).
 
 Each message carries the experiment config (``ExperimentConfig.to_flat()``) in its
-ConfigRecord; the client's partition comes from ``context.node_config``
+ConfigRecord, next to keys the strategy adds (``server-round``, ``proximal-mu``,
+``bn-frozen``). The client's partition comes from ``context.node_config``
 (``partition-id``, ``num-partitions``), set by the simulation engine or by
-``flower-supernode --node-config``.
+``flower-supernode --node-config``. The client's own BN tensors persist across rounds in
+``context.state``: FedBN/SiloBN train with them, and every client reports a
+personalized accuracy with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from flnorm.bn.precise import moments_to_arrays
 from flnorm.config import ExperimentConfig
-from flnorm.task import ClientTask
+from flnorm.task import ClientTask, personal_keys
 
-# Keys Flower strategies add to the config next to the experiment's.
-STRATEGY_KEYS = ("server-round", "proximal-mu")
+BN_STATE = "flnorm.bn"
+MOMENTS_ACTION = "bn_moments"
+_FIELDS = frozenset(f.name.replace("_", "-") for f in dataclasses.fields(ExperimentConfig))
 
 app = ClientApp()
 
@@ -29,32 +35,76 @@ def _parse(items: tuple[tuple[str, object], ...]) -> ExperimentConfig:
 
 def _task(msg: Message, context: Context) -> tuple[ClientTask, ConfigRecord]:
     config: ConfigRecord = msg.content["config"]
-    cfg = _parse(tuple(sorted((k, v) for k, v in config.items() if k not in STRATEGY_KEYS)))
+    cfg = _parse(tuple(sorted((k, v) for k, v in config.items() if k in _FIELDS)))
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     if num_partitions != cfg.clients:
         raise ValueError(
             f"node has num-partitions={num_partitions} but the run has clients={cfg.clients}"
         )
-    task = ClientTask(cfg, partition_id)
-    task.load(msg.content["arrays"].to_torch_state_dict())
-    return task, config
+    return ClientTask(cfg, partition_id), config
+
+
+def _kept(context: Context, keys: frozenset[str]) -> dict | None:
+    """The client's own BN tensors among ``keys``, or None before it has trained."""
+    if BN_STATE not in context.state:
+        return None
+    kept = context.state[BN_STATE].to_torch_state_dict()
+    return {k: v for k, v in kept.items() if k in keys}
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Load the global model, train locally, reply with the new state and metrics."""
+    """Load the global model (and the client's own BN where it stays local), train, reply."""
     task, config = _task(msg, context)
-    metrics = task.fit(int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
+    task.load(msg.content["arrays"].to_torch_state_dict(), overlay=_kept(context, task.local_keys))
+    metrics = task.fit(
+        int(config["server-round"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        bn_frozen=bool(config.get("bn-frozen", False)),
+    )
+    if task.layout:
+        context.state[BN_STATE] = ArrayRecord(task.bn_state())
     metrics["server-round"] = int(config["server-round"])
-    content = RecordDict({"arrays": ArrayRecord(task.state()), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": ArrayRecord(task.shared_state()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the global model on this client's test split."""
+    """Global and personalized loss/accuracy on this client's test split.
+
+    Global: the global model with the run's BN evaluation mode (global, precise, batch,
+    or ``local`` = this client's statistics). Personalized: the global model with this
+    client's own BN state (FedBN: its BN modules; otherwise its running statistics).
+    """
     task, config = _task(msg, context)
-    metrics = task.test()
-    metrics["server-round"] = int(config["server-round"])
+    received = msg.content["arrays"].to_torch_state_dict()
+    mode = task.cfg.bn_eval_mode
+    own = _kept(context, personal_keys(task.cfg))
+    task.load(received, overlay=own if mode == "local" else None)
+    result = task.test(bn_batch_stats=(mode == "batch"))
+    personal = result
+    if task.layout and own:
+        task.load(received, overlay=own)
+        personal = task.test()
+    metrics = {
+        "test_loss": result.loss if result.n else 0.0,
+        "test_accuracy": result.accuracy if result.n else 0.0,
+        "personal_loss": personal.loss if personal.n else 0.0,
+        "personal_accuracy": personal.accuracy if personal.n else 0.0,
+        "num-examples": result.n,
+        "client": task.client,
+        "server-round": int(config["server-round"]),
+    }
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query(MOMENTS_ACTION)
+def bn_moments(msg: Message, context: Context) -> Message:
+    """PreciseBN pass: per-BN-layer (n, mean, var) of the received model over local data."""
+    task, _ = _task(msg, context)
+    task.load(msg.content["arrays"].to_torch_state_dict())
+    moments = {k: Array(v) for k, v in moments_to_arrays(task.moments()).items()}
+    metrics = MetricRecord({"num-examples": len(task.data.train_y), "client": task.client})
+    return Message(RecordDict({"moments": ArrayRecord(moments), "metrics": metrics}), reply_to=msg)

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from flnorm.config import DEVICES, STRATEGIES, ExperimentConfig
+from flnorm.config import BN_EVAL, DEVICES, STRATEGIES, ExperimentConfig
 from flnorm.data.datasets import DATASETS
 from flnorm.data.partition import PARTITION_FORMS
 from flnorm.errors import ConfigError
@@ -31,6 +31,11 @@ HELP = {
     "momentum": "client SGD momentum",
     "weight_decay": "client weight decay",
     "proximal_mu": "FedProx proximal weight mu (strategy fedprox)",
+    "server_lr": "server learning rate eta (fedadam, fedyogi)",
+    "fixbn_rounds": "fixbn: rounds before BN statistics are frozen (0 = half of --rounds)",
+    "precise_passes": "precisebn: statistics passes per round (0 = one per BN layer, exact)",
+    "bn_eval": f"BN statistics for the global evaluation: {' | '.join(BN_EVAL)} "
+               "(auto: precise for precisebn, batch for fedbn/silobn, else global)",
     "fraction_train": "fraction of clients sampled for training each round",
     "seed": "seed for partition, model init and client batches",
     "device": f"device: {' | '.join(DEVICES)}",

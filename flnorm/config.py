@@ -15,8 +15,14 @@ from flnorm.models.registry import MODELS
 from flnorm.norms import NormSpec
 
 # Names of the Flower strategies in ``strategies/`` (the registry there must match).
-STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox")
+STRATEGIES: tuple[str, ...] = (
+    "fedavg", "fedavg-pooled", "fedbn", "silobn", "fixbn", "precisebn", "fedprox", "fedadam", "fedyogi",
+)
+# What of each BN module stays on the client: every tensor, or the statistics only.
+LOCAL_BN: dict[str, str] = {"fedbn": "module", "silobn": "stats"}
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+# BN statistics used by the global evaluation (``local``: each client's own).
+BN_EVAL: tuple[str, ...] = ("auto", "global", "precise", "batch", "local")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,10 @@ class ExperimentConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     proximal_mu: float = 0.01
+    server_lr: float = 0.01
+    fixbn_rounds: int = 0
+    precise_passes: int = 0
+    bn_eval: str = "auto"
     fraction_train: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -61,6 +71,10 @@ class ExperimentConfig:
             raise unknown_choice("strategy", self.strategy, STRATEGIES)
         if self.device not in DEVICES:
             raise unknown_choice("device", self.device, DEVICES)
+        if self.bn_eval not in BN_EVAL:
+            raise unknown_choice("bn-eval", self.bn_eval, BN_EVAL)
+        if self.bn_eval == "precise" and self.strategy != "precisebn":
+            raise ConfigError("bn-eval precise needs --strategy precisebn (it computes those statistics)")
         self.norm_spec  # noqa: B018 - parses and validates
         self.partition_spec  # noqa: B018
         positive = {
@@ -72,6 +86,12 @@ class ExperimentConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("fixbn_rounds", "precise_passes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
+        if not (self.server_lr > 0 and math.isfinite(self.server_lr)):
+            raise ConfigError(f"server-lr must be a positive number, got {self.server_lr!r}")
         for name in ("momentum", "weight_decay", "proximal_mu", "num_gpus", "node_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
@@ -88,6 +108,24 @@ class ExperimentConfig:
     @property
     def partition_spec(self) -> PartitionSpec:
         return PartitionSpec.parse(self.partition)
+
+    @property
+    def bn_eval_mode(self) -> str:
+        """The BN statistics of the global evaluation, ``auto`` resolved.
+
+        ``precise`` for precisebn, ``batch`` (test-batch statistics) where BN statistics stay
+        on the clients (fedbn, silobn: there are no global ones), else ``global``.
+        """
+        if self.bn_eval != "auto":
+            return self.bn_eval
+        if self.strategy == "precisebn":
+            return "precise"
+        return "batch" if self.strategy in LOCAL_BN else "global"
+
+    @property
+    def fixbn_freeze_after(self) -> int:
+        """Rounds of normal training before fixbn freezes the statistics."""
+        return self.fixbn_rounds or self.rounds // 2
 
     @property
     def run_name(self) -> str:

@@ -14,12 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from flnorm.config import ExperimentConfig
+from flnorm.bn.layout import BNLayout
+from flnorm.bn.moments import Moments, collect_moments
+from flnorm.config import LOCAL_BN, ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.data.federated import ClientData, client_data
 from flnorm.device import resolve_device
 from flnorm.models import build_model
-from flnorm.training import Standardize, evaluate, train_local
+from flnorm.training import EvalResult, Standardize, evaluate, train_local
 
 _threads_set = False
 
@@ -52,9 +54,39 @@ def _worker_model(cfg: ExperimentConfig, device: str) -> nn.Module:
 
 
 @lru_cache(maxsize=4)
+def initial_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The seeded initial state dict: what a client holds before it has trained."""
+    return new_model(cfg).state_dict()
+
+
+@lru_cache(maxsize=4)
+def bn_layout(cfg: ExperimentConfig) -> BNLayout:
+    """The BN layers of the model ``cfg`` names."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    return BNLayout.from_model(new_model(cfg), data.input_shape)
+
+
+def local_keys(cfg: ExperimentConfig) -> frozenset[str]:
+    """State keys that never leave the client under ``cfg.strategy`` (FedBN, SiloBN)."""
+    scope = LOCAL_BN.get(cfg.strategy)
+    if scope is None:
+        return frozenset()
+    layout = bn_layout(cfg)
+    return layout.module_keys if scope == "module" else layout.stat_keys
+
+
+def personal_keys(cfg: ExperimentConfig) -> frozenset[str]:
+    """Keys of the client's own BN state its personalized model uses."""
+    return local_keys(cfg) or bn_layout(cfg).stat_keys
+
+
+@lru_cache(maxsize=4)
 def _standardize(dataset: str, data_dir: str, download: bool, device: str) -> Standardize:
     data = load_dataset(dataset, data_dir, download)
     return Standardize(data.mean, data.std, torch.device(device))
+
+
+Tensors = Mapping[str, torch.Tensor]
 
 
 class ClientTask:
@@ -79,16 +111,34 @@ class ClientTask:
             client, self.device,
         )
         self.transform = _standardize(cfg.dataset, cfg.data_dir, cfg.download, str(self.device))
+        self.layout = bn_layout(cfg)
+        self.local_keys = local_keys(cfg)
 
-    def load(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Install a (global) state dict into the model."""
+    def load(self, received: Tensors, overlay: Tensors | None = None) -> None:
+        """Install ``received`` (the global state), then ``overlay`` on top.
+
+        Keys in neither (what the server never sends under FedBN/SiloBN) come from the
+        seeded initial state.
+        """
+        state = dict(received)
+        for key, value in initial_state(self.cfg).items():
+            state.setdefault(key, value)
+        state.update(overlay or {})
         self.model.load_state_dict(state, strict=True)
 
     def state(self) -> dict[str, torch.Tensor]:
         """A copy of the model's state dict on the CPU."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
-    def fit(self, server_round: int, proximal_mu: float = 0.0) -> dict[str, float | int]:
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """What the client sends back: its state without the keys that stay local."""
+        return {k: v for k, v in self.state().items() if k not in self.local_keys}
+
+    def bn_state(self) -> dict[str, torch.Tensor]:
+        """Every BN tensor (statistics and affine), kept by the client between rounds."""
+        return {k: v for k, v in self.state().items() if k in self.layout.module_keys}
+
+    def fit(self, server_round: int, proximal_mu: float = 0.0, bn_frozen: bool = False) -> dict[str, float | int]:
         """Train ``cfg.local_steps`` steps; return metrics."""
         cfg = self.cfg
         start = time.perf_counter()
@@ -97,6 +147,7 @@ class ClientTask:
             self.model, self.data.train_x, self.data.train_y, self.transform,
             steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, proximal_mu=proximal_mu,
+            bn_frozen=bn_frozen,
         )
         return {
             "train_loss": result.loss,
@@ -105,12 +156,14 @@ class ClientTask:
             "fit_seconds": time.perf_counter() - start,
         }
 
-    def test(self) -> dict[str, float | int]:
-        """Evaluate on the client's test split."""
-        result = evaluate(self.model, self.data.test_x, self.data.test_y, self.transform)
-        return {
-            "test_loss": result.loss if result.n else 0.0,
-            "test_accuracy": result.accuracy if result.n else 0.0,
-            "num-examples": result.n,
-            "client": self.client,
-        }
+    def test(self, bn_batch_stats: bool = False) -> EvalResult:
+        """Evaluate the loaded model on the client's test split."""
+        return evaluate(self.model, self.data.test_x, self.data.test_y, self.transform,
+                        bn_batch_stats=bn_batch_stats)
+
+    def moments(self, batch_size: int = 500) -> dict[str, Moments]:
+        """Per-BN-layer moments of the loaded model over the client's training data."""
+        x = self.data.train_x
+        return collect_moments(
+            self.model, (self.transform(x[i : i + batch_size]) for i in range(0, len(x), batch_size))
+        )

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flnorm.bn.modes import batch_statistics, frozen_statistics
+
 
 class Standardize:
     """Map uint8 images to ``(x / 255 - mean) / std`` on the images' device."""
@@ -75,13 +77,17 @@ def train_local(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     proximal_mu: float = 0.0,
+    bn_frozen: bool = False,
 ) -> TrainResult:
     """Run ``steps`` SGD steps on ``(x, y)`` (already on the model's device).
 
     With ``proximal_mu > 0`` the FedProx term ``mu/2 * ||w - w_start||^2`` over the
-    trainable parameters is added to the loss.
+    trainable parameters is added to the loss. With ``bn_frozen`` every BN layer
+    normalizes with its running statistics and leaves them unchanged (FixBN).
     """
     model.train()
+    if bn_frozen:
+        frozen_statistics(model)
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -108,9 +114,23 @@ def evaluate(
     y: torch.Tensor,
     transform: Standardize,
     batch_size: int = 1000,
+    bn_batch_stats: bool = False,
 ) -> EvalResult:
-    """Loss and accuracy of ``model`` in eval mode (BN uses its running statistics)."""
+    """Loss and accuracy of ``model`` in eval mode.
+
+    BN layers use their running statistics, or with ``bn_batch_stats`` the statistics of
+    each evaluation batch (of up to ``batch_size`` samples; running statistics untouched).
+    """
     model.eval()
+    if bn_batch_stats:
+        with batch_statistics(model):
+            return _accumulate(model, x, y, transform, batch_size)
+    return _accumulate(model, x, y, transform, batch_size)
+
+
+def _accumulate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: Standardize, batch_size: int
+) -> EvalResult:
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for start in range(0, len(y), batch_size):

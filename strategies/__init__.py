@@ -1,7 +1,17 @@
 """flnorm's Flower Message-API strategies, one per file."""
 
+from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
+from strategies.fedavg_pooled import FedAvgPooled
+from strategies.fedbn import FedBN
 from strategies.fedprox import FedProx
+from strategies.fedyogi import FedYogi
+from strategies.fixbn import FixBN
+from strategies.precisebn import PreciseBN
 from strategies.registry import STRATEGY_BUILDERS, build_strategy
+from strategies.silobn import SiloBN
 
-__all__ = ["STRATEGY_BUILDERS", "FedAvg", "FedProx", "build_strategy"]
+__all__ = [
+    "STRATEGY_BUILDERS", "FedAdam", "FedAvg", "FedAvgPooled", "FedBN", "FedProx", "FedYogi",
+    "FixBN", "PreciseBN", "SiloBN", "build_strategy",
+]

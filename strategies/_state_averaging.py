@@ -2,19 +2,22 @@
 
 Flower's ``aggregate_arrayrecords`` multiplies every array by a float weight, which turns
 BatchNorm's int64 ``num_batches_tracked`` into float64 and sums in reply-arrival order.
-Here replies are sorted by client id and averaged with ``flnorm.aggregation``.
+Here replies are sorted by client id and averaged with ``flnorm.aggregation``; strategies
+change *what* is averaged by overriding ``aggregate_states`` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from flnorm.aggregation import weighted_average
 
 # Metric keys that identify a reply rather than measure it.
 ID_KEYS = ("client", "server-round")
+NumpyState = dict[str, np.ndarray]
 
 
 def client_order(msg: Message) -> tuple[int, int]:
@@ -36,24 +39,33 @@ def mean_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecor
     return MetricRecord(out)
 
 
+def numpy_state(record: ArrayRecord) -> NumpyState:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def array_record(state: NumpyState) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
 class StateAveraging:
-    """Mixin for Flower's FedAvg family: replaces ``aggregate_train`` only."""
+    """Mixin for Flower's FedAvg family: replaces ``aggregate_train``."""
 
     weighted_by_key: str
     train_metrics_aggr_fn: object
 
+    def aggregate_states(self, states: Sequence[NumpyState], weights: Sequence[float]) -> NumpyState:
+        """The new global state from the clients' states (sorted by client id)."""
+        return weighted_average(states, weights)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average client states (dtype kept, integer counters exact) and metrics."""
+        """Aggregate client states with ``aggregate_states`` and metrics with the metrics fn."""
         valid, _ = self._check_and_log_replies(replies, is_train=True)  # type: ignore[attr-defined]
         if not valid:
             return None, None
         contents = [m.content for m in sorted(valid, key=client_order)]
-        states = [
-            {k: a.numpy() for k, a in next(iter(c.array_records.values())).items()} for c in contents
-        ]
+        states = [numpy_state(next(iter(c.array_records.values()))) for c in contents]
         weights = [next(iter(c.metric_records.values()))[self.weighted_by_key] for c in contents]
-        averaged = weighted_average(states, weights)
-        arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
+        arrays = array_record(self.aggregate_states(states, weights))
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)  # type: ignore[operator]

@@ -3,32 +3,67 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
 
+from flnorm.bn.layout import BNLayout
 from flnorm.config import STRATEGIES, ExperimentConfig
 from flnorm.errors import unknown_choice
+from flnorm.task import bn_layout, new_model
 from strategies._state_averaging import mean_metrics
+from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
+from strategies.fedavg_pooled import FedAvgPooled
+from strategies.fedbn import FedBN
 from strategies.fedprox import FedProx
+from strategies.fedyogi import FedYogi
+from strategies.fixbn import FixBN
+from strategies.precisebn import PreciseBN
+from strategies.silobn import SiloBN
 
 
-def _common(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {
-        "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": 1,
-        "min_evaluate_nodes": 1,
-        "min_available_nodes": cfg.clients,
-        "train_metrics_aggr_fn": mean_metrics,
-        "evaluate_metrics_aggr_fn": mean_metrics,
-    }
+@dataclass(frozen=True)
+class StrategyContext:
+    """What the builders need to know about the run."""
+
+    cfg: ExperimentConfig
+    layout: BNLayout
+    trainable_keys: frozenset[str]
+
+    @property
+    def common(self) -> dict[str, Any]:
+        return {
+            "fraction_train": self.cfg.fraction_train,
+            "fraction_evaluate": 1.0,
+            "min_train_nodes": 1,
+            "min_evaluate_nodes": 1,
+            "min_available_nodes": self.cfg.clients,
+            "train_metrics_aggr_fn": mean_metrics,
+            "evaluate_metrics_aggr_fn": mean_metrics,
+        }
+
+    @property
+    def pooled(self) -> dict[str, Any]:
+        return {**self.common, "layout": self.layout, "batch_size": self.cfg.batch_size}
+
+    @property
+    def optimizer(self) -> dict[str, Any]:
+        return {**self.pooled, "trainable_keys": self.trainable_keys, "eta": self.cfg.server_lr,
+                "eta_l": self.cfg.lr}
 
 
-STRATEGY_BUILDERS: dict[str, Callable[[ExperimentConfig], Strategy]] = {
-    "fedavg": lambda cfg: FedAvg(**_common(cfg)),
-    "fedprox": lambda cfg: FedProx(**_common(cfg), proximal_mu=cfg.proximal_mu),
+STRATEGY_BUILDERS: dict[str, Callable[[StrategyContext], Strategy]] = {
+    "fedavg": lambda c: FedAvg(**c.common),
+    "fedavg-pooled": lambda c: FedAvgPooled(**c.pooled),
+    "fedbn": lambda c: FedBN(layout=c.layout, **c.common),
+    "silobn": lambda c: SiloBN(layout=c.layout, **c.common),
+    "fixbn": lambda c: FixBN(freeze_after=c.cfg.fixbn_freeze_after, **c.pooled),
+    "precisebn": lambda c: PreciseBN(layout=c.layout, passes=c.cfg.precise_passes, **c.common),
+    "fedprox": lambda c: FedProx(proximal_mu=c.cfg.proximal_mu, **c.common),
+    "fedadam": lambda c: FedAdam(**c.optimizer),
+    "fedyogi": lambda c: FedYogi(**c.optimizer),
 }
 
 if set(STRATEGY_BUILDERS) != set(STRATEGIES):  # pragma: no cover - developer error
@@ -38,6 +73,8 @@ if set(STRATEGY_BUILDERS) != set(STRATEGIES):  # pragma: no cover - developer er
 def build_strategy(cfg: ExperimentConfig) -> Strategy:
     """The Flower strategy named by ``cfg.strategy``."""
     try:
-        return STRATEGY_BUILDERS[cfg.strategy](cfg)
+        builder = STRATEGY_BUILDERS[cfg.strategy]
     except KeyError:
         raise unknown_choice("strategy", cfg.strategy, tuple(STRATEGY_BUILDERS)) from None
+    trainable = frozenset(n for n, p in new_model(cfg).named_parameters() if p.requires_grad)
+    return builder(StrategyContext(cfg, bn_layout(cfg), trainable))

@@ -25,8 +25,8 @@ def test_client_rows_merge_train_and_eval():
         {"client": 0, "train_loss": 0.7, "num-examples": 20, "fit_seconds": 0.2},
     ])
     test = PhaseReplies(sent=2, metrics=[
-        {"client": 0, "test_accuracy": 0.9, "test_loss": 0.3, "num-examples": 5},
-        {"client": 1, "test_accuracy": 0.0, "test_loss": 0.0, "num-examples": 0},
+        {"client": 0, "test_accuracy": 0.9, "test_loss": 0.3, "personal_accuracy": 1.0, "num-examples": 5},
+        {"client": 1, "test_accuracy": 0.0, "test_loss": 0.0, "personal_accuracy": 0.0, "num-examples": 0},
     ])
     rows = RoundRecorder._client_rows(4, train, test)
     assert [r["client"] for r in rows] == [0, 1]

@@ -75,5 +75,72 @@ def test_registry_matches_config_and_builds_each():
     assert isinstance(build_strategy(ExperimentConfig(strategy="fedavg")), FedAvg)
     prox = build_strategy(ExperimentConfig(strategy="fedprox", proximal_mu=0.3))
     assert isinstance(prox, FedProx) and prox.proximal_mu == 0.3
-    with pytest.raises(ConfigError, match="valid choices: fedavg, fedprox"):
+    with pytest.raises(ConfigError, match="valid choices: fedavg, fedavg-pooled, fedbn"):
         ExperimentConfig(strategy="scaffold")
+
+
+def _current(state):
+    return {k: v.numpy().copy() for k, v in state.items()}
+
+
+def test_fedavg_pooled_pools_statistics_and_averages_the_rest():
+    from flnorm.bn import pool_running_stats
+    from flnorm.task import bn_layout
+
+    cfg = ExperimentConfig(norm="bn", strategy="fedavg-pooled", batch_size=4)
+    states, sizes = _states(), [300, 100, 600]
+    arrays, _ = build_strategy(cfg).aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
+    out = arrays.to_torch_state_dict()
+    layout = bn_layout(cfg)
+    expected = pool_running_stats([_current(s) for s in states], sizes, layout, 4)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(out[key].numpy(), value)
+    naive = sum(n * s["body.0.2.running_var"].double() for s, n in zip(states, sizes)) / 1000
+    assert (out["body.0.2.running_var"].double() > naive).double().mean() > 0.9  # + spread of client means
+    assert out["body.0.2.num_batches_tracked"].dtype == torch.int64
+    ref = sum(n * s["head.weight"].double() for s, n in zip(states, sizes)) / 1000
+    torch.testing.assert_close(out["head.weight"], ref.float())
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+def test_server_optimizer_steps_parameters_only(name):
+    from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
+    from flwr.serverapp.strategy import FedYogi as FlowerFedYogi
+
+    cfg = ExperimentConfig(norm="bn", strategy=name, batch_size=4, server_lr=0.05)
+    states, sizes = _states(), [300, 100, 600]
+    start = _states()[0]
+    strategy = build_strategy(cfg)
+    strategy.current_arrays = _current(start)  # what configure_train stores
+    arrays, _ = strategy.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
+    out = arrays.to_torch_state_dict()
+
+    pooled = build_strategy(cfg.replace(strategy="fedavg-pooled"))
+    expected, _ = pooled.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
+    trainable = {n for n, _ in build_model("cnn", NormSpec.parse("bn"), 10, (1, 28, 28)).named_parameters()}
+    for key, value in expected.to_torch_state_dict().items():
+        if key not in trainable:  # buffers: pooled, never stepped
+            assert torch.equal(out[key], value), key
+            assert out[key].dtype == value.dtype
+    # parameters: exactly Flower's optimizer applied to the parameters alone
+    flower_cls = FlowerFedAdam if name == "fedadam" else FlowerFedYogi
+    flower = flower_cls(eta=0.05, eta_l=cfg.lr, train_metrics_aggr_fn=strategies_mean())
+    flower.current_arrays = {k: v for k, v in _current(start).items() if k in trainable}
+    only = [{k: v for k, v in s.items() if k in trainable} for s in states]
+    ref, _ = flower.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(only, sizes))])
+    for key, value in ref.to_torch_state_dict().items():
+        torch.testing.assert_close(out[key], value.to(out[key].dtype))
+    assert not torch.equal(out["head.weight"], expected.to_torch_state_dict()["head.weight"])
+
+
+def strategies_mean():
+    from strategies._state_averaging import mean_metrics
+
+    return mean_metrics
+
+
+def test_keep_local_rejects_leaked_bn_tensors():
+    strategy = build_strategy(ExperimentConfig(norm="bn", strategy="fedbn"))
+    strategy._held, strategy._order = {}, []
+    with pytest.raises(ValueError, match="must stay local"):
+        strategy.aggregate_train(1, [_reply(k, s, 10) for k, s in enumerate(_states())])

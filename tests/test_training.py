@@ -59,7 +59,7 @@ def test_client_eval_reports_accuracy_on_its_split():
     cfg = ExperimentConfig(partition="classes-1")
     task = ClientTask(cfg, 3)
     task.load(new_model(cfg).state_dict())
-    metrics = task.test()
-    assert metrics["num-examples"] == len(task.data.test_y) > 0
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    result = task.test()
+    assert result.n == len(task.data.test_y) > 0
+    assert 0.0 <= result.accuracy <= 1.0
     assert len(torch.unique(task.data.test_y)) == 1

@@ -37,8 +37,12 @@ class RoundRecorder:
     Metrics per round
     -----------------
     ``test_accuracy``/``test_loss``: mean over clients of the global model's accuracy/loss
-    on each client's test split (the LN/FN paper's metric); ``union_accuracy``/
-    ``union_loss``: the global model on the whole test set, evaluated by the server;
+    on each client's test split (the LN/FN paper's metric), with the BN statistics named
+    in ``bn_eval``; ``personal_accuracy``: the same with each client's own BN state (its
+    running statistics; FedBN: its BN modules) — under label skew a model can score high
+    here without having learned the task; ``union_accuracy``/
+    ``union_loss``: the global model on the whole test set, evaluated by the server with
+    the statistics named in ``union_bn_eval``;
     ``train_loss``: mean over clients of their local training loss; ``failures``: client
     replies that were errors or never arrived; ``seconds``: the round's wall time;
     ``elapsed``: seconds since round 1 began; ``timestamp``: Unix time at the round's end.
@@ -58,9 +62,16 @@ class RoundRecorder:
         self.last = self.started
         self.rows: list[dict[str, float]] = []
 
+    @property
+    def union_mode(self) -> str:
+        """BN statistics of the union evaluation; the server has no client-local ones."""
+        mode = self.cfg.bn_eval_mode
+        return "global" if mode == "local" else mode
+
     def union_eval(self, arrays: ArrayRecord) -> tuple[float, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        result = evaluate(self.model, self.test_x, self.test_y, self.transform)
+        result = evaluate(self.model, self.test_x, self.test_y, self.transform,
+                          bn_batch_stats=self.union_mode == "batch")
         return result.accuracy, result.loss
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -78,6 +89,7 @@ class RoundRecorder:
             "round": server_round,
             "test_accuracy": _mean([m["test_accuracy"] for m in evaluated]),
             "test_loss": _mean([m["test_loss"] for m in evaluated]),
+            "personal_accuracy": _mean([m["personal_accuracy"] for m in evaluated]),
             "union_accuracy": union_acc,
             "union_loss": union_loss,
             "train_loss": _mean([m["train_loss"] for m in train.metrics]),
@@ -89,13 +101,13 @@ class RoundRecorder:
         }
         self.last = now
         self.rows.append(row)
-        self.rundir.append_metrics(row)
+        self.rundir.append_metrics({**row, "bn_eval": self.cfg.bn_eval_mode, "union_bn_eval": self.union_mode})
         self.rundir.append_clients(self._client_rows(server_round, train, test))
         log.info(
-            "round %d/%d: test_accuracy %.4f (mean over clients), union_accuracy %.4f, "
-            "train_loss %.4f, %.2f s",
-            server_round, self.cfg.rounds, row["test_accuracy"], union_acc, row["train_loss"],
-            row["seconds"],
+            "round %d/%d: test_accuracy %.4f (global model, mean over clients), personal %.4f, "
+            "union %.4f, train_loss %.4f, %.2f s",
+            server_round, self.cfg.rounds, row["test_accuracy"], row["personal_accuracy"], union_acc,
+            row["train_loss"], row["seconds"],
         )
         return MetricRecord({k: float(v) for k, v in row.items()})
 
@@ -124,9 +136,11 @@ class RoundRecorder:
             by_client.setdefault(int(m["client"]), {}).update(
                 test_accuracy=m["test_accuracy"] if m["num-examples"] else math.nan,
                 test_loss=m["test_loss"] if m["num-examples"] else math.nan,
+                personal_accuracy=m["personal_accuracy"] if m["num-examples"] else math.nan,
                 num_test=m["num-examples"],
             )
-        columns = ("train_loss", "num_train", "fit_seconds", "test_accuracy", "test_loss", "num_test")
+        columns = ("train_loss", "num_train", "fit_seconds", "test_accuracy", "test_loss",
+                   "personal_accuracy", "num_test")
         return [
             {"round": server_round, "client": c, **{k: v.get(k, math.nan) for k in columns}}
             for c, v in sorted(by_client.items())

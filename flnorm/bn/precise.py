@@ -1,0 +1,74 @@
+"""PreciseBN (Wu & Johnson, 2021), federated and exact.
+
+With the weights frozen, every BN layer gets the population statistics of its input
+over the (union of the) training data, pooled with equal weight per sample (not an EMA).
+
+flnorm collects moments with the model in eval mode, so a layer's input is what it is
+at evaluation and does not depend on batching; one pass makes the first BN layer exact,
+the next pass the second (its input now normalized by exact statistics), and so on:
+``passes = number of BN layers`` gives every layer the population statistics of the
+eval-time network. Federated, each pass is one round trip: clients return per-layer
+``(n, mean, var)`` over their data, the server pools them with the law of total
+variance and installs the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from flnorm.bn.layout import bn_modules
+from flnorm.bn.moments import Moments, collect_moments, population_to_unbiased
+
+SEP = "/"
+
+
+def moments_to_arrays(moments: Mapping[str, Moments]) -> dict[str, np.ndarray]:
+    """Wire format: ``{layer}/n``, ``{layer}/mean``, ``{layer}/var`` as float64 arrays."""
+    out: dict[str, np.ndarray] = {}
+    for name, m in moments.items():
+        out[f"{name}{SEP}n"] = np.array([m.n], dtype=np.float64)
+        out[f"{name}{SEP}mean"] = m.mean.numpy()
+        out[f"{name}{SEP}var"] = m.var.numpy()
+    return out
+
+
+def moments_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, Moments]:
+    """Inverse of ``moments_to_arrays``."""
+    names = {k.rsplit(SEP, 1)[0] for k in arrays}
+    return {
+        name: Moments(
+            float(np.asarray(arrays[f"{name}{SEP}n"])[0]),
+            torch.from_numpy(np.asarray(arrays[f"{name}{SEP}mean"], dtype=np.float64)),
+            torch.from_numpy(np.asarray(arrays[f"{name}{SEP}var"], dtype=np.float64)),
+        )
+        for name in names
+    }
+
+
+@torch.no_grad()
+def set_running_stats(model: nn.Module, moments: Mapping[str, Moments]) -> None:
+    """Install population moments as running statistics (unbiased variance, as PyTorch keeps)."""
+    for name, m in bn_modules(model).items():
+        if name in moments and m.track_running_stats:
+            mom = moments[name]
+            m.running_mean.copy_(mom.mean.to(m.running_mean))
+            m.running_var.copy_(population_to_unbiased(mom.var, mom.n).to(m.running_var))
+
+
+def precise_statistics(
+    model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]], passes: int = 0
+) -> dict[str, Moments]:
+    """Centralized PreciseBN: ``passes`` rounds of collect-and-install (0 = one per layer).
+
+    ``batches()`` yields the (standardized) inputs anew for every pass.
+    """
+    passes = passes or len(bn_modules(model))
+    moments: dict[str, Moments] = {}
+    for _ in range(passes):
+        moments = collect_moments(model, batches())
+        set_running_stats(model, moments)
+    return moments

@@ -1,0 +1,88 @@
+"""``precisebn``: FedAvg plus a federated PreciseBN statistics round after aggregation.
+
+After the weights are averaged, the server sends the frozen global model to every client
+(``query.bn_moments`` messages); each returns per-BN-layer ``(n, mean, var)`` over its
+training data; the server pools them exactly (law of total variance) and installs them.
+Passes repeat this so that layer after layer holds the population statistics of its
+input under the eval-time network (``flnorm.bn.precise``). The round's global model,
+evaluated and sent out next, carries these statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from flnorm.bn.layout import BNLayout
+from flnorm.bn.moments import Moments, pool_moments
+from flnorm.bn.pooling import install_moments
+from flnorm.bn.precise import moments_from_arrays
+from strategies._state_averaging import NumpyState, array_record, client_order, numpy_state
+from strategies.fedavg import FedAvg
+
+log = logging.getLogger("flnorm")
+
+MOMENTS_MESSAGE = f"{MessageType.QUERY}.bn_moments"
+
+
+class PreciseBN(FedAvg):
+    """FedAvg whose BN statistics come from federated PreciseBN passes.
+
+    Parameters
+    ----------
+    layout
+        The model's BN layers.
+    passes
+        Statistics passes per round; 0 means one per BN layer (exact).
+    timeout
+        Seconds to wait for the clients' statistics.
+    """
+
+    def __init__(self, *, layout: BNLayout, passes: int = 0, timeout: float = 3600, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.layout = layout
+        self.passes = passes or len(layout.layers)
+        self.timeout = timeout
+        self._grid: Grid | None = None
+        self._config = ConfigRecord()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._grid, self._config = grid, config
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None or not self.layout:
+            return arrays, metrics
+        state = numpy_state(arrays)
+        for _ in range(self.passes):
+            install_moments(state, self.pooled_moments(server_round, state), self.layout)
+        return array_record(state), metrics
+
+    def pooled_moments(self, server_round: int, state: NumpyState) -> dict[str, Moments]:
+        """One statistics pass: every client's moments under ``state``, pooled per layer."""
+        assert self._grid is not None, "configure_train must run first"
+        config = ConfigRecord(dict(self._config))
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": array_record(state), "config": config})
+        messages = [
+            Message(record, dst_node_id=node, message_type=MOMENTS_MESSAGE)
+            for node in self._grid.get_node_ids()
+        ]
+        replies = list(self._grid.send_and_receive(messages, timeout=self.timeout))
+        valid = sorted((r for r in replies if not r.has_error()), key=client_order)
+        errors = [r.error.reason for r in replies if r.has_error()]
+        if not valid:
+            raise RuntimeError(f"PreciseBN pass in round {server_round}: no client replied: {errors[:3]}")
+        if len(valid) < len(messages):
+            log.warning("PreciseBN pass: %d of %d clients replied (%s)", len(valid), len(messages), errors[:3])
+        per_client = [moments_from_arrays(numpy_state(r.content["moments"])) for r in valid]
+        return {layer.name: pool_moments([c[layer.name] for c in per_client]) for layer in self.layout.layers}
