@@ -63,14 +63,18 @@ def _submit_and_wait(flwr, run_config: str, nodes: int) -> dict:
 
 def test_flwr_run_completes_and_writes_run_dir(flwr, tmp_path):
     out = tmp_path / "run"
-    status = _submit_and_wait(flwr, f"clients=3 rounds=2 local-steps=3 norm='bn' out='{out}'", 3)
+    # precisebn: train, evaluate and query (statistics) messages through the SuperLink
+    status = _submit_and_wait(
+        flwr, f"clients=3 rounds=2 local-steps=3 norm='bn' strategy='precisebn' out='{out}'", 3
+    )
     assert status["status"] == "finished:completed", status
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics["round"]) == [1, 2]
     assert metrics["test_accuracy"].notna().all()
     assert (out / "model.pt").exists()
     saved = json.loads((out / "config.json").read_text())["config"]
-    assert saved["clients"] == 3 and saved["norm"] == "bn"
+    assert saved["clients"] == 3 and saved["norm"] == "bn" and saved["strategy"] == "precisebn"
+    assert set(metrics["bn_eval"]) == {"precise"}
 
 
 @pytest.mark.parametrize(
