@@ -11,7 +11,7 @@ from typing import Any
 from flnorm.config import ExperimentConfig
 
 __version__ = "0.1.0"
-__all__ = ["ExperimentConfig", "load_metrics", "run_experiment"]
+__all__ = ["ExperimentConfig", "load_metrics", "plot_runs", "run_experiment", "run_grid"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +19,12 @@ def __getattr__(name: str) -> Any:
         from flnorm.runner import simulation
 
         return getattr(simulation, name)
+    if name == "run_grid":
+        from flnorm.runner.grid import run_grid
+
+        return run_grid
+    if name == "plot_runs":
+        from flnorm.plots import plot_runs
+
+        return plot_runs
     raise AttributeError(f"module 'flnorm' has no attribute {name!r}")

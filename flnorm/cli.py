@@ -36,10 +36,12 @@ HELP = {
     "precise_passes": "precisebn: statistics passes per round (0 = one per BN layer, exact)",
     "bn_eval": f"BN statistics for the global evaluation: {' | '.join(BN_EVAL)} "
                "(auto: precise for precisebn, batch for fedbn/silobn, else global)",
+    "diagnostics": "log feature-collapse diagnostics (penultimate feature norm, top singular values)",
     "fraction_train": "fraction of clients sampled for training each round",
     "seed": "seed for partition, model init and client batches",
     "device": f"device: {' | '.join(DEVICES)}",
     "num_cpus": "CPUs per virtual client (Ray actor); torch threads match it",
+    "ray_cpus": "CPUs Ray may use for the whole simulation (0 = all of this machine's)",
     "num_gpus": "GPUs per virtual client, fractional to share a GPU (e.g. 0.25)",
     "data_dir": "where torchvision datasets live / are downloaded",
     "download": "download torchvision datasets when missing",
@@ -48,28 +50,85 @@ HELP = {
 }
 
 
-def _run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run one federated simulation", description="Run one "
-                       "experiment as a Flower simulation on the Ray backend.")
+def _config_options(p: argparse.ArgumentParser, multi: bool) -> None:
+    """One option per ExperimentConfig field; with ``multi`` each takes several values."""
     defaults = ExperimentConfig()
     for f in dataclasses.fields(ExperimentConfig):
+        if multi and f.name == "out":
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        if f.type == "bool":
+        kind = {"int": int, "float": float, "str": str, "bool": _boolean}[f.type]
+        if multi:
+            p.add_argument(flag, type=kind, nargs="+", default=None, metavar=f.name.upper(),
+                           help=f"{HELP[f.name]} (default: {default!r})")
+        elif f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
             p.add_argument(flag, type=kind, default=default, help=f"{HELP[f.name]} (default: {default!r})")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return lowered in ("true", "1", "yes")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flnorm", description="Federated normalization experiments on Flower.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _run_parser(sub)
+    run = sub.add_parser("run", help="run one federated simulation",
+                         description="Run one experiment as a Flower simulation on the Ray backend.")
+    _config_options(run, multi=False)
+    grid = sub.add_parser("grid", help="run a grid of simulations (resumable)",
+                          description="Run every combination of the given values, one run directory per "
+                          "cell, results.csv and rounds.csv in --out. Finished cells are skipped.")
+    _config_options(grid, multi=True)
+    grid.add_argument("--out", default="runs/grid", help="grid directory (default: runs/grid)")
+    grid.add_argument("--parallel", type=int, default=1, help="cells at once (default: 1)")
+    plot = sub.add_parser("plot", help="plot runs or grids into PNG files")
+    plot.add_argument("runs", nargs="+", help="run directories or grid directories")
+    plot.add_argument("--out", default="plots", help="directory for the PNGs (default: plots)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "run":
-        return _run(parser, args)
-    return 2  # pragma: no cover
+    command = {"run": _run, "grid": _grid, "plot": _plot}[args.command]
+    return command(parser, args)
+
+
+def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "parallel") and v is not None}
+    fixed = {k: v[0] for k, v in values.items() if len(v) == 1}
+    axes = {k: v for k, v in values.items() if len(v) > 1}
+    try:
+        from flnorm.runner.grid import run_grid
+
+        results = run_grid(ExperimentConfig(**fixed), out=args.out, parallel=args.parallel, **axes)
+    except ConfigError as exc:
+        parser.exit(2, f"flnorm grid: error: {exc}\n")
+    shown = [c for c in results.columns if c not in ("run_dir", "error")]
+    print(results[shown].to_string(index=False))
+    print(f"results: {results.attrs['grid_dir']}")
+    failed = int((results["status"] == "failed").sum())
+    if failed:
+        print(f"flnorm grid: {failed} cell(s) failed; see the error column", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from flnorm.plots import plot_runs
+
+    try:
+        written = plot_runs(args.runs, args.out)
+    except FileNotFoundError as exc:
+        parser.exit(2, f"flnorm plot: error: {exc}\n")
+    for path in written:
+        print(path)
+    return 0
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

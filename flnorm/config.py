@@ -53,11 +53,13 @@ class ExperimentConfig:
     fixbn_rounds: int = 0
     precise_passes: int = 0
     bn_eval: str = "auto"
+    diagnostics: bool = False
     fraction_train: float = 1.0
     seed: int = 0
     device: str = "auto"
     num_cpus: int = 1
     num_gpus: float = 0.0
+    ray_cpus: int = 0
     data_dir: str = "data"
     download: bool = True
     out: str = ""
@@ -86,7 +88,7 @@ class ExperimentConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        for name in ("fixbn_rounds", "precise_passes"):
+        for name in ("fixbn_rounds", "precise_passes", "ray_cpus"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 0, got {value!r}")

@@ -20,10 +20,12 @@ from flnorm.config import LOCAL_BN, ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.data.federated import ClientData, client_data
 from flnorm.device import resolve_device
+from flnorm.diagnostics import feature_diagnostics
 from flnorm.models import build_model
 from flnorm.training import EvalResult, Standardize, evaluate, train_local
 
 _threads_set = False
+DIAGNOSTIC_SAMPLES = 256
 
 
 def use_threads(num_threads: int) -> None:
@@ -149,12 +151,21 @@ class ClientTask:
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, proximal_mu=proximal_mu,
             bn_frozen=bn_frozen,
         )
-        return {
+        metrics: dict[str, float | int] = {
             "train_loss": result.loss,
             "num-examples": len(self.data.train_y),
             "client": self.client,
             "fit_seconds": time.perf_counter() - start,
         }
+        if cfg.diagnostics:
+            metrics.update(self.diagnostics())
+        return metrics
+
+    def diagnostics(self) -> dict[str, float]:
+        """Feature-collapse diagnostics on a fixed subset of the client's training data."""
+        n = len(self.data.train_y)
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.client))[:DIAGNOSTIC_SAMPLES]
+        return feature_diagnostics(self.model, self.transform(self.data.train_x[pick.to(self.device)]))
 
     def test(self, bn_batch_stats: bool = False) -> EvalResult:
         """Evaluate the loaded model on the client's test split."""

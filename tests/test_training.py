@@ -1,5 +1,6 @@
 """Local training: step counts, determinism, FedProx term, evaluation."""
 
+import pytest
 import torch
 
 from flnorm.config import ExperimentConfig
@@ -63,3 +64,21 @@ def test_client_eval_reports_accuracy_on_its_split():
     assert result.n == len(task.data.test_y) > 0
     assert 0.0 <= result.accuracy <= 1.0
     assert len(torch.unique(task.data.test_y)) == 1
+
+
+def test_feature_diagnostics_match_definition():
+    from flnorm.diagnostics import feature_diagnostics
+
+    cfg = ExperimentConfig(norm="fn", diagnostics=True, local_steps=2)
+    state, metrics = _fit(cfg)
+    assert metrics["feature_norm"] > 0 and metrics["sv1"] >= metrics["sv2"] >= metrics["sv5"] >= 0
+    model = new_model(cfg)
+    x = torch.randn(40, 1, 28, 28)
+    z = model.eval().features(x).double()
+    diag = feature_diagnostics(model, x)
+    assert diag["feature_norm"] == pytest.approx(float(z.norm(dim=1).mean()))
+    s = torch.linalg.svdvals(z) / 40 ** 0.5
+    assert [diag[f"sv{i}"] for i in range(1, 6)] == pytest.approx(s[:5].tolist())
+    # sum of squared singular values of Z / sqrt(n) = mean squared feature norm
+    full = feature_diagnostics(model, x, k=192)
+    assert sum(full[f"sv{i}"] ** 2 for i in range(1, 193)) == pytest.approx(float(z.pow(2).sum(1).mean()))

@@ -46,6 +46,9 @@ class RoundRecorder:
     ``train_loss``: mean over clients of their local training loss; ``failures``: client
     replies that were errors or never arrived; ``seconds``: the round's wall time;
     ``elapsed``: seconds since round 1 began; ``timestamp``: Unix time at the round's end.
+    With ``diagnostics``: ``feature_norm`` (mean over clients of the mean penultimate
+    feature norm after local training) and ``sv1..sv5`` of client ``diag_client``'s
+    feature matrix ``Z / sqrt(n)``.
     """
 
     def __init__(self, cfg: ExperimentConfig, rundir: RunDirectory, replies: ReplyLog) -> None:
@@ -93,6 +96,7 @@ class RoundRecorder:
             "union_accuracy": union_acc,
             "union_loss": union_loss,
             "train_loss": _mean([m["train_loss"] for m in train.metrics]),
+            **self._diagnostics(train),
             "clients_trained": len(train.metrics),
             "failures": train.failures + test.failures,
             "seconds": now - self.last,
@@ -110,6 +114,15 @@ class RoundRecorder:
             row["train_loss"], row["seconds"],
         )
         return MetricRecord({k: float(v) for k, v in row.items()})
+
+    def _diagnostics(self, train: PhaseReplies) -> dict[str, float]:
+        """Mean feature norm over clients; singular values of the lowest-id client's features."""
+        if not self.cfg.diagnostics or not train.metrics:
+            return {}
+        first = min(train.metrics, key=lambda m: m["client"])
+        out = {"feature_norm": _mean([m["feature_norm"] for m in train.metrics]), "diag_client": first["client"]}
+        out.update({k: v for k, v in first.items() if k.startswith("sv") and k[2:].isdigit()})
+        return out
 
     def _check(self, server_round: int, phase: str, replies: PhaseReplies) -> None:
         if replies.failures:
@@ -130,7 +143,8 @@ class RoundRecorder:
         by_client: dict[int, dict[str, float]] = {}
         for m in train.metrics:
             by_client.setdefault(int(m["client"]), {}).update(
-                train_loss=m["train_loss"], num_train=m["num-examples"], fit_seconds=m["fit_seconds"]
+                train_loss=m["train_loss"], num_train=m["num-examples"], fit_seconds=m["fit_seconds"],
+                feature_norm=m.get("feature_norm", math.nan),
             )
         for m in test.metrics:
             by_client.setdefault(int(m["client"]), {}).update(
@@ -139,8 +153,8 @@ class RoundRecorder:
                 personal_accuracy=m["personal_accuracy"] if m["num-examples"] else math.nan,
                 num_test=m["num-examples"],
             )
-        columns = ("train_loss", "num_train", "fit_seconds", "test_accuracy", "test_loss",
-                   "personal_accuracy", "num_test")
+        columns = ("train_loss", "num_train", "fit_seconds", "feature_norm", "test_accuracy",
+                   "test_loss", "personal_accuracy", "num_test")
         return [
             {"round": server_round, "client": c, **{k: v.get(k, math.nan) for k in columns}}
             for c, v in sorted(by_client.items())

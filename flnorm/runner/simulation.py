@@ -19,9 +19,12 @@ log = logging.getLogger("flnorm")
 
 def backend_config(cfg: ExperimentConfig) -> dict:
     """Flower's Ray backend settings: resources per virtual client."""
+    init_args: dict = {"logging_level": "ERROR", "log_to_driver": True}
+    if cfg.ray_cpus:
+        init_args["num_cpus"] = cfg.ray_cpus
     return {
         "client_resources": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-        "init_args": {"logging_level": "ERROR", "log_to_driver": True},
+        "init_args": init_args,
     }
 
 

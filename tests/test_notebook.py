@@ -1,0 +1,27 @@
+"""The comparison notebook executes top to bottom, offline, and shows its outputs."""
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK = Path(__file__).parents[1] / "experiments" / "compare_strategies.ipynb"
+
+
+def test_compare_strategies_notebook_runs(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    tables = [o for o in outputs if "text/html" in o.get("data", {})]
+    assert len(images) >= 3 and len(tables) >= 2
+    grid = tmp_path / "runs" / "notebook-grid"
+    results = (grid / "results.csv").read_text()
+    assert results.count("finished") == 5
+    assert {p.name for p in (tmp_path / "runs" / "notebook-plots").iterdir()} >= {"accuracy.png", "features.png"}
+    shutil.rmtree(grid)
