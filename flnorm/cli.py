@@ -140,6 +140,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cfg = prepare(cfg)
     except ConfigError as exc:
         parser.exit(2, f"flnorm run: error: {exc}\n")
+    except RuntimeError as exc:  # e.g. a dataset that cannot be loaded
+        parser.exit(1, f"flnorm run: failed: {exc}\n")
     try:
         metrics = run_experiment(cfg)
     except Exception as exc:  # noqa: BLE001 - report any failure and exit non-zero

@@ -69,3 +69,11 @@ def test_pyproject_run_config_matches_cli_defaults():
     app_config = pyproject["tool"]["flwr"]["app"]["config"]
     assert ExperimentConfig.from_flat(app_config) == ExperimentConfig()
     assert set(app_config) == set(ExperimentConfig().to_flat())
+
+
+def test_unloadable_dataset_fails_without_traceback(tmp_path):
+    proc = _flnorm("--dataset", "cifar10", "--no-download", "--data-dir", str(tmp_path / "none"),
+                   "--out", str(tmp_path / "run"))
+    assert proc.returncode == 1
+    assert "could not load cifar10" in proc.stderr and "--dataset mnist5k" in proc.stderr
+    assert "Traceback" not in proc.stderr

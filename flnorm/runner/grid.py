@@ -114,8 +114,9 @@ def _run_subprocess(cell: Cell) -> None:
     Path(cell.cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cell.cfg.out) / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("flnorm run:")]
-        raise RuntimeError(lines[0] if lines else proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+        reported = [ln for ln in proc.stderr.splitlines() if ln.startswith("flnorm run:")]
+        last = proc.stderr.strip().splitlines()[-1:]
+        raise RuntimeError((reported or last or [f"exit code {proc.returncode}"])[0])
 
 
 def _attempt(cell: Cell, in_process: bool) -> tuple[str, str, float]:
