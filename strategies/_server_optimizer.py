@@ -3,7 +3,7 @@
 Flower's FedOpt family applies the optimizer to every array, BN running statistics and
 the int64 counter included. Here Flower's update runs on the trainable parameters alone
 (replies sorted by client id), and the buffers are aggregated like ``fedavg-pooled``:
-statistics pooled with the law of total variance, counters exact integers.
+statistics pooled with the law of total variance, counters summed as integers.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class TrainableOnly:
         weights = [int(next(iter(r.content.metric_records.values()))[self.weighted_by_key]) for r in valid]
         buffer_keys = [k for k in records[0] if k not in self.trainable_keys]
         buffers = average_with_pooled_stats(
-            [{k: rec[k].numpy() for k in buffer_keys} for rec in records], weights, self.layout, self.batch_size
+            [{k: rec[k].numpy() for k in buffer_keys} for rec in records], weights, self.layout,
+            self.batch_size, self.current_arrays,
         ) if buffer_keys else {}
         for rec in records:  # Flower's optimizer sees the trainable parameters only
             for k in buffer_keys:

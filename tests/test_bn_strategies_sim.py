@@ -42,6 +42,13 @@ def _run(tmp_path, strategy, **changes):
     return cfg, run_experiment(cfg)
 
 
+# num_batches_tracked after 2 rounds x 2 steps on 2 clients: averaged (c + K per round),
+# summed (pooled statistics summarize every client's batches), frozen in fixbn's second
+# round, never updated on the server where BN statistics stay local.
+COUNTS = {"fedavg": 4, "fedprox": 4, "precisebn": 4, "fedavg-pooled": 8, "fedadam": 8, "fedyogi": 8,
+          "fixbn": 4, "fedbn": 0, "silobn": 0}
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_runs_with_bn_and_keeps_counters_integer(tmp_path, strategy, messages):
     cfg, metrics = _run(tmp_path, strategy)
@@ -52,6 +59,7 @@ def test_strategy_runs_with_bn_and_keeps_counters_integer(tmp_path, strategy, me
     layout = bn_layout(cfg)
     for layer in layout.layers:
         assert state[layer.count_key].dtype == torch.int64
+        assert int(state[layer.count_key]) == COUNTS[strategy]
         assert torch.isfinite(state[layer.var_key]).all() and (state[layer.var_key] >= 0).all()
     for sent, replies in messages:
         for r in replies:

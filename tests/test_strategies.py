@@ -89,7 +89,11 @@ def test_fedavg_pooled_pools_statistics_and_averages_the_rest():
 
     cfg = ExperimentConfig(norm="bn", strategy="fedavg-pooled", batch_size=4)
     states, sizes = _states(), [300, 100, 600]
-    arrays, _ = build_strategy(cfg).aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
+    strategy = build_strategy(cfg)
+    start = _current(states[0])
+    start["body.0.2.num_batches_tracked"] = np.array(2, dtype=np.int64)
+    strategy.previous = start  # what configure_train stores
+    arrays, _ = strategy.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
     out = arrays.to_torch_state_dict()
     layout = bn_layout(cfg)
     expected = pool_running_stats([_current(s) for s in states], sizes, layout, 4)
@@ -98,6 +102,7 @@ def test_fedavg_pooled_pools_statistics_and_averages_the_rest():
     naive = sum(n * s["body.0.2.running_var"].double() for s, n in zip(states, sizes)) / 1000
     assert (out["body.0.2.running_var"].double() > naive).double().mean() > 0.9  # + spread of client means
     assert out["body.0.2.num_batches_tracked"].dtype == torch.int64
+    assert int(out["body.0.2.num_batches_tracked"]) == 2 + 3 * (5 - 2)  # previous + increments
     ref = sum(n * s["head.weight"].double() for s, n in zip(states, sizes)) / 1000
     torch.testing.assert_close(out["head.weight"], ref.float())
 
@@ -116,6 +121,7 @@ def test_server_optimizer_steps_parameters_only(name):
     out = arrays.to_torch_state_dict()
 
     pooled = build_strategy(cfg.replace(strategy="fedavg-pooled"))
+    pooled.previous = _current(start)
     expected, _ = pooled.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
     trainable = {n for n, _ in build_model("cnn", NormSpec.parse("bn"), 10, (1, 28, 28)).named_parameters()}
     for key, value in expected.to_torch_state_dict().items():

@@ -59,12 +59,25 @@ def pool_running_stats(
     return out
 
 
+def summed_counters(states: Sequence[State], previous: State, layout: BNLayout) -> dict[str, np.ndarray]:
+    """``num_batches_tracked`` of pooled statistics: the previous global count plus every
+    client's increment, in int64 (the batches that the pooled statistics summarize)."""
+    out: dict[str, np.ndarray] = {}
+    for layer in layout.layers:
+        if layer.tracks_stats:
+            prev = np.asarray(previous[layer.count_key]).astype(np.int64)
+            out[layer.count_key] = prev + sum(np.asarray(s[layer.count_key]).astype(np.int64) - prev for s in states)
+    return out
+
+
 def average_with_pooled_stats(
-    states: Sequence[State], samples: Sequence[int], layout: BNLayout, batch_size: int
+    states: Sequence[State], samples: Sequence[int], layout: BNLayout, batch_size: int, previous: State
 ) -> dict[str, np.ndarray]:
-    """Sample-weighted average of every tensor, BN running statistics pooled exactly."""
+    """Sample-weighted average of every tensor; BN running statistics pooled exactly and
+    counters summed (``previous`` is the global state the clients started from)."""
     out = weighted_average(states, samples)
     out.update(pool_running_stats(states, samples, layout, batch_size))
+    out.update(summed_counters(states, previous, layout))
     return out
 
 
