@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--out", default="runs/table4")
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the tables from the finished cells on disk; run nothing")
     parser.add_argument("--precise-passes", type=int, default=1,
                         help="PreciseBN passes per round (0 = exact, one per BN layer; 1 is 3x cheaper)")
     args = parser.parse_args()
@@ -66,16 +68,26 @@ def main() -> None:
                             bias=False, precise_passes=args.precise_passes)
     out = Path(args.out)
     start = time.perf_counter()
-    main_grid = run_grid(base.replace(diagnostics=True), out / "methods", args.parallel, variants=list(METHODS.values()),
-                         partition=PARTITIONS, seed=[0])
-    seeds = run_grid(base, out / "seeds", args.parallel,
-                     variants=[METHODS[m] for m in ("FedAvg", "FedGN", "FedAvg+BN", "FedBN", "FedFN", "FedLN")],
-                     partition=["classes-1"], seed=SEEDS[1:])
-    sweep = run_grid(base, out / "lr", args.parallel, variants=[METHODS[m] for m in LR_METHODS],
-                     partition=["classes-1"], lr=[lr for lr in LRS if lr != 0.01])
+    grids = {
+        "methods": dict(base=base.replace(diagnostics=True), variants=list(METHODS.values()),
+                        partition=PARTITIONS, seed=[0]),
+        "seeds": dict(base=base, partition=["classes-1"], seed=SEEDS[1:],
+                      variants=[METHODS[m] for m in ("FedAvg", "FedGN", "FedAvg+BN", "FedBN", "FedFN", "FedLN")]),
+        "lr": dict(base=base, variants=[METHODS[m] for m in LR_METHODS], partition=["classes-1"],
+                   lr=[lr for lr in LRS if lr != 0.01]),
+    }
+    tables = {}
+    for name, spec in grids.items():
+        if args.report_only:
+            path = out / name / "results.csv"
+            tables[name] = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["norm", "strategy"])
+            tables[name] = tables[name][tables[name].get("status", pd.Series(dtype=str)) == "finished"]
+        else:
+            tables[name] = run_grid(out=out / name, parallel=args.parallel, **spec)
+    main_grid, seeds, sweep = tables["methods"], tables["seeds"], tables["lr"]
     seconds = time.perf_counter() - start
     for table in (main_grid, seeds, sweep):
-        table["method"] = table.apply(method_of, axis=1)
+        table["method"] = [method_of(row) for _, row in table.iterrows()]
 
     print(f"\n### Methods x partitions (mnist5k, {args.rounds} rounds, seed 0): global accuracy %, "
           "paper's CIFAR-10 in brackets\n")
@@ -84,11 +96,16 @@ def main() -> None:
     for method in METHODS:
         cells = []
         for i, part in enumerate(PARTITIONS):
-            row = main_grid[(main_grid["method"] == method) & (main_grid["partition"] == part)].iloc[0]
+            rows = main_grid[(main_grid["method"] == method) & (main_grid["partition"] == part)]
             paper = f" ({PAPER[method][i]})" if method in PAPER else ""
-            cells.append(f"{100 * row['test_accuracy']:.1f}{paper}" if row["status"] == "finished" else "failed")
-        c1 = main_grid[(main_grid["method"] == method) & (main_grid["partition"] == "classes-1")].iloc[0]
-        print(f"| {method} | " + " | ".join(cells) + f" | {100 * c1['personal_accuracy']:.1f} |")
+            if rows.empty:
+                cells.append("not run")
+            else:
+                row = rows.iloc[0]
+                cells.append(f"{100 * row['test_accuracy']:.1f}{paper}" if row["status"] == "finished" else "failed")
+        c1 = main_grid[(main_grid["method"] == method) & (main_grid["partition"] == "classes-1")]
+        personal = f"{100 * c1.iloc[0]['personal_accuracy']:.1f}" if len(c1) else "-"
+        print(f"| {method} | " + " | ".join(cells) + f" | {personal} |")
 
     both = pd.concat([main_grid[main_grid["partition"] == "classes-1"], seeds])
     print(f"\n### classes-1, seeds {SEEDS}: global accuracy % (mean ± std)\n")
