@@ -7,7 +7,7 @@ is one process with all torch threads; flnorm runs the clients in Ray actors.
 
     .venv/bin/python experiments/benchmark_overhead.py --rounds 12
 
-Prints start-up seconds, steady-state seconds per round (median over rounds 2..R) and
+Prints start-up seconds, steady-state seconds per round (mean over rounds 2..R) and
 their ratio flnorm / plain.
 """
 
@@ -35,11 +35,14 @@ def plain_loop(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
 
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
     def prep(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255 - mean) / std
+        return ((x.float() / 255 - mean) / std).contiguous(memory_format=fmt)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm_spec, data.num_classes, data.input_shape, cfg.bias)
+    model = model.to(memory_format=fmt)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     clients = [(data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te])
                for tr, te in zip(part.train, part.test)]
@@ -69,6 +72,9 @@ def plain_loop(cfg: ExperimentConfig) -> tuple[float, list[float]]:
         model.load_state_dict(global_state)
         model.eval()
         with torch.no_grad():
+            if not cfg.evaluates(rnd + 1):
+                rounds.append(time.perf_counter() - start)
+                continue
             for _, _, xt, yt in clients:
                 if len(yt):
                     (model(prep(xt)).argmax(1) == yt).float().mean()
@@ -83,7 +89,7 @@ def flnorm_run(cfg: ExperimentConfig) -> tuple[float, list[float]]:
         t0 = time.time()
         metrics = run_experiment(cfg.replace(out=str(Path(tmp) / "run")))
     rounds = metrics["seconds"].tolist()
-    steady = statistics.median(rounds[1:])
+    steady = statistics.fmean(rounds[1:])
     startup = float(metrics["timestamp"].iloc[0]) - t0 - steady
     return startup, rounds
 
@@ -95,15 +101,19 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--norm", default="none")
+    parser.add_argument("--eval-every", type=int, default=1, help="both sides evaluate every N rounds")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="both sides in contiguous memory format")
     args = parser.parse_args()
     cfg = ExperimentConfig(
         norm=args.norm, rounds=args.rounds, clients=args.clients, local_steps=args.local_steps,
-        batch_size=args.batch_size, partition="classes-2",
+        batch_size=args.batch_size, partition="classes-2", eval_every=args.eval_every,
+        channels_last=args.channels_last,
     )
     plain_start, plain_rounds = plain_loop(cfg)
     fl_start, fl_rounds = flnorm_run(cfg)
-    plain_steady = statistics.median(plain_rounds[1:])
-    fl_steady = statistics.median(fl_rounds[1:])
+    plain_steady = statistics.fmean(plain_rounds[1:])
+    fl_steady = statistics.fmean(fl_rounds[1:])
     print(f"\nwork per round: {cfg.clients} clients x {cfg.local_steps} steps x batch {cfg.batch_size}, "
           f"paper CNN ({cfg.norm}), {cfg.dataset}, {cfg.rounds} rounds, torch threads {torch.get_num_threads()}")
     print(f"{'':24}{'flnorm':>10}{'plain':>10}{'ratio':>8}")

@@ -1,6 +1,6 @@
 """The LN/FN paper's Table 4 layout on the embedded dataset, plus an lr sweep and seeds.
 
-    .venv/bin/python experiments/reproduce_table4.py --rounds 25
+    .venv/bin/python experiments/reproduce_table4.py --rounds 50 --eval-every 5
 
 Setup as in "Understanding the Role of Layer Normalization in Label-Skewed Federated
 Learning" (TMLR 2024): 10 clients, all every round, E = 10 local steps of batch 32, plain
@@ -54,9 +54,29 @@ def pct(values: pd.Series) -> str:
     return f"{100 * values.iloc[0]:.1f}"
 
 
+def print_trends(path: Path, rounds: int, window: int = 10) -> None:
+    """How flat each curve is: mean accuracy over the last ``window`` rounds minus the
+    mean over the ``window`` before (evaluated rounds only), in points."""
+    if not path.exists():
+        return
+    curves = pd.read_csv(path).dropna(subset=["test_accuracy"])
+    curves["method"] = [method_of(row) for _, row in curves.iterrows()]
+    last = curves[curves["round"] > rounds - window]
+    before = curves[(curves["round"] > rounds - 2 * window) & (curves["round"] <= rounds - window)]
+    trend = 100 * (last.groupby(["method", "partition"])["test_accuracy"].mean()
+                   - before.groupby(["method", "partition"])["test_accuracy"].mean())
+    table = trend.unstack("partition").reindex(index=list(METHODS), columns=PARTITIONS)
+    print(f"\n### Trend: mean global accuracy over rounds {rounds - window + 1}-{rounds} minus "
+          f"rounds {rounds - 2 * window + 1}-{rounds - window} (points; near 0 = flat)\n")
+    print("| method | " + " | ".join(PARTITIONS) + " |\n" + "|---" * (len(PARTITIONS) + 1) + "|")
+    for method, row in table.iterrows():
+        print(f"| {method} | " + " | ".join("-" if pd.isna(v) else f"{v:+.1f}" for v in row) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N rounds and at the last")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--out", default="runs/table4")
     parser.add_argument("--report-only", action="store_true",
@@ -65,7 +85,7 @@ def main() -> None:
                         help="PreciseBN passes per round (0 = exact, one per BN layer; 1 is 3x cheaper)")
     args = parser.parse_args()
     base = ExperimentConfig(clients=10, rounds=args.rounds, local_steps=10, batch_size=32, lr=0.01,
-                            bias=False, precise_passes=args.precise_passes)
+                            bias=False, precise_passes=args.precise_passes, eval_every=args.eval_every)
     out = Path(args.out)
     start = time.perf_counter()
     grids = {
@@ -120,6 +140,7 @@ def main() -> None:
     for method in LR_METHODS:
         row = [lrs[(lrs["method"] == method) & (lrs["lr"] == lr)]["test_accuracy"] for lr in LRS]
         print(f"| {method} | " + " | ".join(f"{100 * r.iloc[0]:.1f}" if len(r) else "-" for r in row) + " |")
+    print_trends(out / "methods" / "rounds.csv", args.rounds)
     print(f"\n{seconds:.0f} s for this invocation ({len(main_grid) + len(seeds) + len(sweep)} cells)")
 
 

@@ -37,6 +37,8 @@ HELP = {
     "bn_eval": f"BN statistics for the global evaluation: {' | '.join(BN_EVAL)} "
                "(auto: precise for precisebn, batch for fedbn/silobn, else global)",
     "diagnostics": "log feature-collapse diagnostics (penultimate feature norm, top singular values)",
+    "eval_every": "evaluate every N rounds and at the last (skipped rounds: empty test columns)",
+    "channels_last": "conv weights and inputs in channels-last memory format (faster convolutions)",
     "fraction_train": "fraction of clients sampled for training each round",
     "seed": "seed for partition, model init and client batches",
     "device": f"device: {' | '.join(DEVICES)}",

@@ -54,6 +54,8 @@ class ExperimentConfig:
     precise_passes: int = 0
     bn_eval: str = "auto"
     diagnostics: bool = False
+    eval_every: int = 1
+    channels_last: bool = True
     fraction_train: float = 1.0
     seed: int = 0
     device: str = "auto"
@@ -81,7 +83,7 @@ class ExperimentConfig:
         self.partition_spec  # noqa: B018
         positive = {
             "clients": self.clients, "rounds": self.rounds, "local_steps": self.local_steps,
-            "batch_size": self.batch_size, "num_cpus": self.num_cpus,
+            "batch_size": self.batch_size, "num_cpus": self.num_cpus, "eval_every": self.eval_every,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -123,6 +125,10 @@ class ExperimentConfig:
         if self.strategy == "precisebn":
             return "precise"
         return "batch" if self.strategy in LOCAL_BN else "global"
+
+    def evaluates(self, server_round: int) -> bool:
+        """Whether round ``server_round`` evaluates: every ``eval_every``-th and the last."""
+        return server_round % self.eval_every == 0 or server_round == self.rounds
 
     @property
     def fixbn_freeze_after(self) -> int:

@@ -28,6 +28,11 @@ class Run:
     metrics: pd.DataFrame
     clients: pd.DataFrame | None
 
+    @property
+    def evaluated(self) -> pd.DataFrame:
+        """Metrics rows of the rounds that evaluated (all, unless ``--eval-every`` > 1)."""
+        return self.metrics.dropna(subset=["test_accuracy"])
+
 
 def expand(paths: list[str | Path]) -> list[Path]:
     """Run directories, with grid directories replaced by their cells."""
@@ -86,7 +91,7 @@ def plot_runs(paths: list[str | Path], out: str | Path = "plots") -> list[Path]:
 
     fig, (ax_global, ax_personal, ax_union) = _figure(3, "Accuracy per round")
     for run, name in zip(runs, names):
-        m = run.metrics
+        m = run.evaluated
         ax_global.plot(m["round"], m["test_accuracy"], label=name)
         if "personal_accuracy" in m:
             ax_personal.plot(m["round"], m["personal_accuracy"], label=name)
@@ -102,7 +107,7 @@ def plot_runs(paths: list[str | Path], out: str | Path = "plots") -> list[Path]:
     fig, (ax_train, ax_test) = _figure(2, "Loss per round")
     for run, name in zip(runs, names):
         ax_train.plot(run.metrics["round"], run.metrics["train_loss"], label=name)
-        ax_test.plot(run.metrics["round"], run.metrics["test_loss"], label=name)
+        ax_test.plot(run.evaluated["round"], run.evaluated["test_loss"], label=name)
     for ax, title in ((ax_train, "local training loss"), (ax_test, "test loss (mean over clients)")):
         ax.set(title=title, xlabel="round", ylabel="loss")
         ax.grid(alpha=0.3)
@@ -113,7 +118,7 @@ def plot_runs(paths: list[str | Path], out: str | Path = "plots") -> list[Path]:
     if with_clients:
         fig, (ax,) = _figure(1, "Per-client accuracy of the global model (median, min-max band)")
         for run, name in with_clients:
-            per_round = run.clients.groupby("round")["test_accuracy"]
+            per_round = run.clients.dropna(subset=["test_accuracy"]).groupby("round")["test_accuracy"]
             line = ax.plot(per_round.median().index, per_round.median(), label=name)[0]
             ax.fill_between(per_round.min().index, per_round.min(), per_round.max(), alpha=0.15, color=line.get_color())
         ax.set(xlabel="round", ylabel="client accuracy", ylim=(0, 1))

@@ -19,7 +19,7 @@ from flnorm.bn.moments import Moments, collect_moments
 from flnorm.config import LOCAL_BN, ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.data.federated import ClientData, client_data
-from flnorm.device import resolve_device
+from flnorm.device import place, resolve_device
 from flnorm.diagnostics import feature_diagnostics
 from flnorm.models import build_model
 from flnorm.training import EvalResult, Standardize, evaluate, train_local
@@ -52,7 +52,7 @@ def new_model(cfg: ExperimentConfig) -> nn.Module:
 @lru_cache(maxsize=4)
 def _worker_model(cfg: ExperimentConfig, device: str) -> nn.Module:
     """One model object per process and config, reused across calls (weights reloaded)."""
-    return new_model(cfg).to(device)
+    return place(new_model(cfg), torch.device(device), cfg.channels_last)
 
 
 @lru_cache(maxsize=4)
@@ -83,9 +83,9 @@ def personal_keys(cfg: ExperimentConfig) -> frozenset[str]:
 
 
 @lru_cache(maxsize=4)
-def _standardize(dataset: str, data_dir: str, download: bool, device: str) -> Standardize:
+def _standardize(dataset: str, data_dir: str, download: bool, device: str, channels_last: bool) -> Standardize:
     data = load_dataset(dataset, data_dir, download)
-    return Standardize(data.mean, data.std, torch.device(device))
+    return Standardize(data.mean, data.std, torch.device(device), channels_last)
 
 
 Tensors = Mapping[str, torch.Tensor]
@@ -112,7 +112,9 @@ class ClientTask:
             cfg.dataset, cfg.data_dir, cfg.download, cfg.partition, cfg.clients, cfg.seed,
             client, self.device,
         )
-        self.transform = _standardize(cfg.dataset, cfg.data_dir, cfg.download, str(self.device))
+        self.transform = _standardize(
+            cfg.dataset, cfg.data_dir, cfg.download, str(self.device), cfg.channels_last
+        )
         self.layout = bn_layout(cfg)
         self.local_keys = local_keys(cfg)
 

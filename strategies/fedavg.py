@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
+from strategies._schedule import EvaluationSchedule
 from strategies._state_averaging import StateAveraging
 
 
-class FedAvg(StateAveraging, FlowerFedAvg):
+class FedAvg(EvaluationSchedule, StateAveraging, FlowerFedAvg):
     """Flower's FedAvg with dtype-safe, deterministic state averaging."""

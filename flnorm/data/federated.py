@@ -6,11 +6,16 @@ calls, while globals of a ``__main__`` script would be pickled by value and lost
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from flnorm.data import partition as partition_module
+from flnorm.data.cache import cache_key, cached_arrays
 from flnorm.data.datasets import ImageDataset, load_dataset
 from flnorm.data.partition import Partition, PartitionSpec, make_partition
 
@@ -19,11 +24,36 @@ from flnorm.data.partition import Partition, PartitionSpec, make_partition
 def load_partition(
     dataset: str, data_dir: str, download: bool, partition: str, clients: int, seed: int
 ) -> Partition:
-    """Partition of ``dataset`` (cached per process)."""
+    """Partition of ``dataset`` (cached per process and on disk, see ``flnorm.data.cache``).
+
+    The disk key hashes the labels, the partition arguments, ``partition.py``'s source
+    and the flwr-datasets version, so a changed partitioner never reads a stale file.
+    """
     data = load_dataset(dataset, data_dir, download)
-    return make_partition(
-        data.train_y.numpy(), data.test_y.numpy(), PartitionSpec.parse(partition), clients, seed
+    train_y, test_y = data.train_y.numpy(), data.test_y.numpy()
+    spec = PartitionSpec.parse(partition)
+    key = cache_key(
+        train_y, test_y, spec.name, clients, seed, Path(partition_module.__file__).read_bytes(),
+        importlib.metadata.version("flwr-datasets"),
     )
+
+    def build() -> dict[str, np.ndarray]:
+        built = make_partition(train_y, test_y, spec, clients, seed)
+        return {**_packed("train", built.train), **_packed("test", built.test)}
+
+    arrays = cached_arrays(data_dir, f"partition-{dataset}-{spec.name}-c{clients}-s{seed}-{key}", build)
+    return Partition(_unpacked("train", arrays), _unpacked("test", arrays))
+
+
+def _packed(name: str, parts: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return {f"{name}_index": flat.astype(np.int64), f"{name}_sizes": sizes}
+
+
+def _unpacked(name: str, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    ends = np.cumsum(arrays[f"{name}_sizes"])
+    return tuple(np.split(arrays[f"{name}_index"], ends[:-1]))
 
 
 @lru_cache(maxsize=4)

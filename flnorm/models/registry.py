@@ -9,7 +9,6 @@ from torch import nn
 from flnorm.errors import ConfigError, unknown_choice
 from flnorm.models.cnn import paper_cnn
 from flnorm.models.mlp import mlp
-from flnorm.models.resnet import cifar_resnet18
 from flnorm.norms import NormSpec
 
 InputShape = tuple[int, int, int]
@@ -36,6 +35,8 @@ def _mlp(norm: NormSpec, num_classes: int, shape: InputShape, bias: bool) -> nn.
 
 
 def _resnet18(norm: NormSpec, num_classes: int, shape: InputShape, bias: bool) -> nn.Module:
+    from flnorm.models.resnet import cifar_resnet18  # imports torchvision (~1 s): only when asked
+
     return cifar_resnet18(num_classes, shape[0], norm.map_layer(), norm.head_layer(), bias=bias)
 
 

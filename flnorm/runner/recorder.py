@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
-from flnorm.device import resolve_device
+from flnorm.device import place, resolve_device
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
 from flnorm.runner.rundir import RunDirectory
 from flnorm.task import new_model
@@ -45,7 +45,8 @@ class RoundRecorder:
     the statistics named in ``union_bn_eval``;
     ``train_loss``: mean over clients of their local training loss; ``failures``: client
     replies that were errors or never arrived; ``seconds``: the round's wall time;
-    ``elapsed``: seconds since round 1 began; ``timestamp``: Unix time at the round's end.
+    ``elapsed``: seconds since round 1 began. Rounds that do not evaluate
+    (``--eval-every``) leave the test and union columns empty; ``timestamp``: Unix time at the round's end.
     With ``diagnostics``: ``feature_norm`` (mean over clients of the mean penultimate
     feature norm after local training) and ``sv1..sv5`` of client ``diag_client``'s
     feature matrix ``Z / sqrt(n)``.
@@ -56,11 +57,11 @@ class RoundRecorder:
         self.rundir = rundir
         self.replies = replies
         self.device = resolve_device(cfg.device)
-        self.model = new_model(cfg).to(self.device)
+        self.model = place(new_model(cfg), self.device, cfg.channels_last)
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
         self.test_x = data.test_x.to(self.device)
         self.test_y = data.test_y.to(self.device)
-        self.transform = Standardize(data.mean, data.std, self.device)
+        self.transform = Standardize(data.mean, data.std, self.device, cfg.channels_last)
         self.started = time.perf_counter()
         self.last = self.started
         self.rows: list[dict[str, float]] = []
@@ -78,7 +79,10 @@ class RoundRecorder:
         return result.accuracy, result.loss
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        union_acc, union_loss = self.union_eval(arrays)
+        if server_round > 0 and not self.cfg.evaluates(server_round):
+            union_acc = union_loss = math.nan
+        else:
+            union_acc, union_loss = self.union_eval(arrays)
         if server_round == 0:
             log.info("round 0: initial model, union accuracy %.4f", union_acc)
             self.started = self.last = time.perf_counter()
@@ -107,6 +111,10 @@ class RoundRecorder:
         self.rows.append(row)
         self.rundir.append_metrics({**row, "bn_eval": self.cfg.bn_eval_mode, "union_bn_eval": self.union_mode})
         self.rundir.append_clients(self._client_rows(server_round, train, test))
+        if math.isnan(union_acc):
+            log.info("round %d/%d: train_loss %.4f, %.2f s (no evaluation this round)",
+                     server_round, self.cfg.rounds, row["train_loss"], row["seconds"])
+            return MetricRecord({k: float(v) for k, v in row.items() if not math.isnan(float(v))})
         log.info(
             "round %d/%d: test_accuracy %.4f (global model, mean over clients), personal %.4f, "
             "union %.4f, train_loss %.4f, %.2f s",
