@@ -4,7 +4,9 @@ Each message carries the experiment config (``ExperimentConfig.to_flat()``) in i
 ConfigRecord, next to keys the strategy adds (``server-round``, ``proximal-mu``,
 ``bn-frozen``). The client's partition comes from ``context.node_config``
 (``partition-id``, ``num-partitions``), set by the simulation engine or by
-``flower-supernode --node-config``. The client's own BN tensors persist across rounds in
+``flower-supernode --node-config``; a node with ``data-path=/site.npz`` trains on that
+file instead (``flnorm.data.site``), ``partition-id`` then only naming the client.
+The client's own BN tensors persist across rounds in
 ``context.state``: FedBN/SiloBN train with them, and every client reports a
 personalized accuracy with them.
 """
@@ -42,7 +44,8 @@ def _task(msg: Message, context: Context) -> tuple[ClientTask, ConfigRecord]:
         raise ValueError(
             f"node has num-partitions={num_partitions} but the run has clients={cfg.clients}"
         )
-    return ClientTask(cfg, partition_id), config
+    data_path = context.node_config.get("data-path")
+    return ClientTask(cfg, partition_id, str(data_path) if data_path else None), config
 
 
 def _kept(context: Context, keys: frozenset[str]) -> dict | None:

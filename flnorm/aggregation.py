@@ -60,3 +60,11 @@ def _integer_mean(arrays: list[np.ndarray], weights: Sequence[float]) -> np.ndar
     columns = zip(*(a.reshape(-1).tolist() for a in arrays), strict=True)
     values = [math.floor(sum(w * v for w, v in zip(fw, col, strict=True)) / total + Fraction(1, 2)) for col in columns]
     return np.asarray(values, dtype=np.int64).reshape(arrays[0].shape)
+
+
+def nonfinite_keys(state: State) -> list[str]:
+    """Keys of floating-point arrays in ``state`` holding NaN or Inf (a poisoned update)."""
+    return [
+        k for k, v in state.items()
+        if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()
+    ]

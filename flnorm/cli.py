@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from flnorm.config import BN_EVAL, DEVICES, STRATEGIES, ExperimentConfig
@@ -37,6 +39,9 @@ HELP = {
     "bn_eval": f"BN statistics for the global evaluation: {' | '.join(BN_EVAL)} "
                "(auto: precise for precisebn, batch for fedbn/silobn, else global)",
     "diagnostics": "log feature-collapse diagnostics (penultimate feature norm, top singular values)",
+    "min_replies": "train replies a round needs to update the model (fewer: the model is kept)",
+    "round_timeout": "seconds to wait for a phase's replies; late ones count as failures",
+    "resume": "continue the run in --out after its last checkpointed round (same config)",
     "eval_every": "evaluate every N rounds and at the last (skipped rounds: empty test columns)",
     "channels_last": "conv weights and inputs in channels-last memory format (faster convolutions)",
     "fraction_train": "fraction of clients sampled for training each round",
@@ -133,11 +138,24 @@ def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_config(out: str) -> dict[str, object]:
+    """The config of the run in ``out`` (underscored keys), for ``--resume``."""
+    from flnorm.runner.rundir import CONFIG_FILE
+
+    path = Path(out) / CONFIG_FILE
+    if not out or not path.exists():
+        raise ConfigError(f"--resume needs --out naming a run directory; {path} does not exist")
+    saved = json.loads(path.read_text())["config"]
+    return {k.replace("-", "_"): v for k, v in saved.items()}
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k != "command"}
     try:
+        if args.resume:  # the saved config, with only the flags given on this command line
+            values = {**_saved_config(args.out), **{k: v for k, v in values.items() if v != parser.get_default(k)}}
         cfg = ExperimentConfig(**values)
-        from flnorm.runner.simulation import prepare, run_experiment
+        from flnorm.runner.simulation import prepare, run_prepared
 
         cfg = prepare(cfg)
     except ConfigError as exc:
@@ -145,7 +163,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # e.g. a dataset that cannot be loaded
         parser.exit(1, f"flnorm run: failed: {exc}\n")
     try:
-        metrics = run_experiment(cfg)
+        metrics = run_prepared(cfg)
     except Exception as exc:  # noqa: BLE001 - report any failure and exit non-zero
         print(f"flnorm run: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"flnorm run: partial results (if any) are in {cfg.out}", file=sys.stderr)

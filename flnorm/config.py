@@ -66,6 +66,9 @@ class ExperimentConfig:
     download: bool = True
     out: str = ""
     node_timeout: float = 120.0
+    min_replies: int = 1
+    round_timeout: float = 3600.0
+    resume: bool = False
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
@@ -84,6 +87,7 @@ class ExperimentConfig:
         positive = {
             "clients": self.clients, "rounds": self.rounds, "local_steps": self.local_steps,
             "batch_size": self.batch_size, "num_cpus": self.num_cpus, "eval_every": self.eval_every,
+            "min_replies": self.min_replies,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -96,6 +100,12 @@ class ExperimentConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
         if not (self.server_lr > 0 and math.isfinite(self.server_lr)):
             raise ConfigError(f"server-lr must be a positive number, got {self.server_lr!r}")
+        if self.resume and not self.out:
+            raise ConfigError("resume needs out: the run directory to continue")
+        if self.min_replies > self.clients:
+            raise ConfigError(f"min-replies={self.min_replies} exceeds clients={self.clients}")
+        if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
+            raise ConfigError(f"round-timeout must be a positive number of seconds, got {self.round_timeout!r}")
         for name in ("momentum", "weight_decay", "proximal_mu", "num_gpus", "node_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):

@@ -19,6 +19,7 @@ from flnorm.bn.moments import Moments, collect_moments
 from flnorm.config import LOCAL_BN, ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.data.federated import ClientData, client_data
+from flnorm.data.site import load_site_data
 from flnorm.device import place, resolve_device
 from flnorm.diagnostics import feature_diagnostics
 from flnorm.models import build_model
@@ -100,18 +101,26 @@ class ClientTask:
         The experiment.
     client
         Partition id, ``0 <= client < cfg.clients``.
+    data_path
+        A site's own data (``flnorm.data.site`` format) instead of partition ``client`` of
+        ``cfg.dataset``; inputs are still standardized with ``cfg.dataset``'s statistics.
     """
 
-    def __init__(self, cfg: ExperimentConfig, client: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, client: int, data_path: str | None = None) -> None:
         use_threads(cfg.num_cpus)
         self.cfg = cfg
         self.client = client
         self.device = resolve_device(cfg.device)
         self.model = _worker_model(cfg, str(self.device))
-        self.data: ClientData = client_data(
-            cfg.dataset, cfg.data_dir, cfg.download, cfg.partition, cfg.clients, cfg.seed,
-            client, self.device,
-        )
+        if data_path:
+            dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+            tensors = load_site_data(data_path, dataset.input_shape, dataset.num_classes)
+            self.data = ClientData(*(t.to(self.device) for t in tensors))
+        else:
+            self.data = client_data(
+                cfg.dataset, cfg.data_dir, cfg.download, cfg.partition, cfg.clients, cfg.seed,
+                client, self.device,
+            )
         self.transform = _standardize(
             cfg.dataset, cfg.data_dir, cfg.download, str(self.device), cfg.channels_last
         )

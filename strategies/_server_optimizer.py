@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 
 from flnorm.bn.layout import BNLayout
 from flnorm.bn.pooling import average_with_pooled_stats
-from strategies._state_averaging import array_record, client_order, numpy_state
+from strategies._state_averaging import accepted_replies, array_record, numpy_state
 
 
 class TrainableOnly:
@@ -24,6 +24,8 @@ class TrainableOnly:
 
     current_arrays: dict[str, np.ndarray] | None
     weighted_by_key: str
+    # Server state across rounds that a checkpoint must keep (Flower's Adam moments).
+    checkpoint_attrs = ("m_t", "v_t")
 
     def __init__(self, *, layout: BNLayout, batch_size: int, trainable_keys: frozenset[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -35,9 +37,9 @@ class TrainableOnly:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        valid = sorted((r for r in replies if not r.has_error()), key=client_order)
+        valid = accepted_replies(server_round, replies, self.min_train_nodes)  # type: ignore[attr-defined]
         if not valid or self.current_arrays is None:
-            return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+            return super().aggregate_train(server_round, valid)  # type: ignore[misc]
         records = [next(iter(r.content.array_records.values())) for r in valid]
         weights = [int(next(iter(r.content.metric_records.values()))[self.weighted_by_key]) for r in valid]
         buffer_keys = [k for k in records[0] if k not in self.trainable_keys]

@@ -8,12 +8,15 @@ change *what* is averaged by overriding ``aggregate_states`` only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from flnorm.aggregation import weighted_average
+from flnorm.aggregation import nonfinite_keys, weighted_average
+
+log = logging.getLogger("flnorm")
 
 # Metric keys that identify a reply rather than measure it.
 ID_KEYS = ("client", "server-round")
@@ -24,6 +27,37 @@ def client_order(msg: Message) -> tuple[int, int]:
     """Sort key: the client's partition id when reported, then the node id."""
     metrics = next(iter(msg.content.metric_records.values()), {})
     return int(metrics.get("client", -1)), msg.metadata.src_node_id
+
+
+def rejected_update(msg: Message) -> str | None:
+    """Why a train reply must not be averaged in (NaN/Inf arrays), or None if it is sound."""
+    for record in msg.content.array_records.values():
+        bad = nonfinite_keys({k: a.numpy() for k, a in record.items()})
+        if bad:
+            return f"non-finite values in {len(bad)} arrays ({', '.join(bad[:3])})"
+    return None
+
+
+def accepted_replies(server_round: int, replies: Iterable[Message], minimum: int) -> list[Message]:
+    """The sound replies sorted by client, or [] (keep the model) if fewer than ``minimum``.
+
+    Error replies and updates with NaN/Inf are left out; the round then averages what
+    arrived, provided at least ``minimum`` (the strategy's ``min_train_nodes``) are left.
+    """
+    sound = []
+    for msg in replies:
+        if msg.has_error():
+            continue
+        reason = rejected_update(msg)
+        if reason:
+            log.warning("round %d: rejected the update of node %d: %s", server_round, msg.metadata.src_node_id, reason)
+        else:
+            sound.append(msg)
+    if len(sound) < minimum:
+        log.warning("round %d: %d sound updates, fewer than the minimum %d: the global model is kept",
+                    server_round, len(sound), minimum)
+        return []
+    return sorted(sound, key=client_order)
 
 
 def mean_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -62,9 +96,10 @@ class StateAveraging:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate client states with ``aggregate_states`` and metrics with the metrics fn."""
         valid, _ = self._check_and_log_replies(replies, is_train=True)  # type: ignore[attr-defined]
+        valid = accepted_replies(server_round, valid, self.min_train_nodes)  # type: ignore[attr-defined]
         if not valid:
             return None, None
-        contents = [m.content for m in sorted(valid, key=client_order)]
+        contents = [m.content for m in valid]
         states = [numpy_state(next(iter(c.array_records.values()))) for c in contents]
         weights = [next(iter(c.metric_records.values()))[self.weighted_by_key] for c in contents]
         arrays = array_record(self.aggregate_states(states, weights))

@@ -37,9 +37,10 @@ class StrategyContext:
         return {
             "fraction_train": self.cfg.fraction_train,
             "fraction_evaluate": 1.0,
-            "min_train_nodes": 1,
+            # A round goes ahead with min-replies nodes and averages what arrives (>= that).
+            "min_train_nodes": self.cfg.min_replies,
             "min_evaluate_nodes": 1,
-            "min_available_nodes": self.cfg.clients,
+            "min_available_nodes": self.cfg.min_replies,
             "train_metrics_aggr_fn": mean_metrics,
             "evaluate_metrics_aggr_fn": mean_metrics,
             "evaluates": self.cfg.evaluates,

@@ -32,3 +32,31 @@ def test_client_rows_merge_train_and_eval():
     assert [r["client"] for r in rows] == [0, 1]
     assert rows[0]["test_accuracy"] == 0.9 and rows[0]["num_train"] == 20
     assert rows[1]["num_test"] == 0 and rows[1]["test_accuracy"] != rows[1]["test_accuracy"]  # NaN
+
+
+def test_checkpoint_round_trip_and_truncate(tmp_path):
+    import numpy as np
+
+    from flnorm.runner.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from flnorm.runner.rundir import RunDirectory
+
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(7, dtype=np.int64)}
+    moments = {"m_t": {"w": np.ones((2, 3))}}
+    save_checkpoint(tmp_path, Checkpoint(2, arrays, moments))
+    got = load_checkpoint(tmp_path)
+    assert got.round == 2 and got.arrays["n"].dtype == np.int64
+    np.testing.assert_array_equal(got.arrays["w"], arrays["w"])
+    np.testing.assert_array_equal(got.strategy_state["m_t"]["w"], moments["m_t"]["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+
+    rundir = RunDirectory(tmp_path / "run")
+    for rnd in (1, 2, 3):
+        rundir.append_metrics({"round": rnd, "x": rnd / 10})
+        rundir.append_clients([{"round": rnd, "client": c} for c in (0, 1)])
+    (tmp_path / "run" / "config.json").write_text("{}")
+    resumed = RunDirectory(tmp_path / "run", resume=True)
+    resumed.truncate(2)
+    resumed.append_metrics({"round": 3, "x": 0.5})
+    text = (tmp_path / "run" / "metrics.csv").read_text().split()
+    assert text == ["round,x", "1,0.1", "2,0.2", "3,0.5"]
+    assert len((tmp_path / "run" / "clients.csv").read_text().split()) == 1 + 2 * 2

@@ -184,3 +184,33 @@ def test_precisebn_skips_statistics_passes_on_rounds_without_evaluation():
 def test_eval_every_must_be_positive():
     with pytest.raises(ConfigError, match="eval-every"):
         ExperimentConfig(eval_every=0)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedavg-pooled", "fedadam", "precisebn"])
+def test_nan_update_is_rejected_not_averaged(name):
+    states = _states()
+    poisoned = {k: v.clone() for k, v in states[2].items()}
+    poisoned["head.weight"][0, 0] = float("nan")
+    cfg = ExperimentConfig(norm="bn", strategy=name, clients=3, rounds=4, eval_every=4)
+
+    def configured():
+        strategy = build_strategy(cfg)
+        list(strategy.configure_train(1, ArrayRecord(states[0]), ConfigRecord(), _NodesOnly()))
+        return strategy
+
+    got, _ = configured().aggregate_train(1, [_reply(0, states[0], 10), _reply(1, states[1], 20),
+                                              _reply(2, poisoned, 30)])
+    want, _ = configured().aggregate_train(1, [_reply(0, states[0], 10), _reply(1, states[1], 20)])
+    for k in want:
+        np.testing.assert_array_equal(got[k].numpy(), want[k].numpy())
+    assert np.isfinite(got["head.weight"].numpy()).all()
+
+
+def test_fewer_sound_updates_than_the_minimum_keep_the_model():
+    states = _states()
+    poisoned = {k: v.clone() for k, v in states[2].items()}
+    poisoned["head.bias" if "head.bias" in poisoned else "head.weight"].fill_(float("inf"))
+    strategy = build_strategy(ExperimentConfig(norm="bn", clients=3, min_replies=3))
+    arrays, metrics = strategy.aggregate_train(1, [_reply(0, states[0], 10), _reply(1, states[1], 20),
+                                                   _reply(2, poisoned, 30)])
+    assert arrays is None and metrics is None  # Flower's loop keeps the previous model

@@ -102,3 +102,42 @@ def test_channels_last_layout_is_used():
     assert x.is_contiguous(memory_format=torch.channels_last)
     plain = ClientTask(ExperimentConfig(channels_last=False), 0)
     torch.testing.assert_close(x, plain.transform(plain.data.train_x[:4]), rtol=0, atol=0)
+
+
+def test_site_data_file_replaces_the_partition(tmp_path):
+    from flnorm.data.site import save_site_data
+
+    cfg = ExperimentConfig(norm="bn", local_steps=3)
+    part = ClientTask(cfg, 3)
+    d = part.data
+    save_site_data(tmp_path / "site.npz", d.train_x[:, 0].numpy(), d.train_y.numpy(), d.test_x.numpy(), d.test_y.numpy())
+    site = ClientTask(cfg, 3, data_path=str(tmp_path / "site.npz"))
+    for k in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(site.data, k), getattr(d, k)), k
+    a, _ = _fit(cfg, client=3)
+    site.load(new_model(cfg).state_dict())
+    site.fit(1)
+    assert all(torch.equal(a[k], v) for k, v in site.state().items())  # same data, same training
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"train_x": "u8"}, "lacks train_y, test_x, test_y"),
+        ({"train_x": "f32", "train_y": "y", "test_x": "u8", "test_y": "y"}, "must be uint8"),
+        ({"train_x": "small", "train_y": "y", "test_x": "u8", "test_y": "y"}, r"\(1, 8, 8\), the run's model expects \(1, 28, 28\)"),
+        ({"train_x": "u8", "train_y": "big", "test_x": "u8", "test_y": "y"}, r"labels outside \[0, 10\)"),
+    ],
+)
+def test_bad_site_data_names_the_problem(tmp_path, arrays, match):
+    import numpy as np
+
+    from flnorm.data.site import load_site_data
+
+    values = {"u8": np.zeros((4, 28, 28), np.uint8), "f32": np.zeros((4, 28, 28), np.float32),
+              "small": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(4, np.int64), "big": np.full(4, 10)}
+    np.savez(tmp_path / "bad.npz", **{k: values[v] for k, v in arrays.items()})
+    with pytest.raises(ValueError, match=match):
+        load_site_data(str(tmp_path / "bad.npz"), (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="is not a file"):
+        load_site_data(str(tmp_path / "missing.npz"), (1, 28, 28), 10)

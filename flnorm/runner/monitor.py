@@ -2,7 +2,8 @@
 
 ``ReplyLog`` wraps the ServerApp's ``Grid``: strategies call ``send_and_receive`` on it
 as usual, and it keeps each round's replies so the recorder can write per-client rows
-and count failures.
+and count failures: error replies, replies that never came, and updates rejected for
+NaN/Inf values.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
+
+from strategies._state_averaging import rejected_update
 
 
 @dataclass
@@ -54,6 +57,10 @@ class ReplyLog:
             for reply in replies:
                 if reply.has_error():
                     phase.errors.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                    continue
+                rejected = rejected_update(reply)
+                if rejected:  # the strategy leaves it out too (strategies._state_averaging)
+                    phase.errors.append(f"node {reply.metadata.src_node_id}: rejected, {rejected}")
                     continue
                 for record in reply.content.metric_records.values():
                     row = dict(record)

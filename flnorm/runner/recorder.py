@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import time
@@ -13,7 +14,7 @@ from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.device import place, resolve_device
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
-from flnorm.runner.rundir import RunDirectory
+from flnorm.runner.rundir import METRICS_FILE, RunDirectory
 from flnorm.task import new_model
 from flnorm.training import Standardize, evaluate
 
@@ -77,6 +78,13 @@ class RoundRecorder:
         result = evaluate(self.model, self.test_x, self.test_y, self.transform,
                           bn_batch_stats=self.union_mode == "batch")
         return result.accuracy, result.loss
+
+    def resume(self) -> None:
+        """Continue a resumed run: ``elapsed`` goes on from the last row on disk."""
+        path = self.rundir.path / METRICS_FILE
+        rows = list(csv.DictReader(path.open())) if path.exists() else []
+        self.last = time.perf_counter()
+        self.started = self.last - (float(rows[-1]["elapsed"]) if rows else 0.0)
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         if server_round > 0 and not self.cfg.evaluates(server_round):

@@ -50,15 +50,39 @@ class RunDirectory:
     Parameters
     ----------
     path
-        Directory to create. It must not hold results already.
+        Directory to create. It must not hold results already, unless ``resume``.
+    resume
+        Continue the run already in ``path`` (its config must exist).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, resume: bool = False) -> None:
         self.path = Path(path).resolve()
-        if (self.path / METRICS_FILE).exists():
+        if resume and not (self.path / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{self.path} holds no run to resume (no {CONFIG_FILE})")
+        if not resume and (self.path / METRICS_FILE).exists():
             raise FileExistsError(f"{self.path} already holds a run; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         self._headers: dict[str, list[str]] = {}
+
+    def read_config(self) -> dict[str, Any]:
+        return json.loads((self.path / CONFIG_FILE).read_text())
+
+    def truncate(self, last_round: int) -> None:
+        """Drop CSV rows after ``last_round`` (written before a crash, past the checkpoint)."""
+        for name in (METRICS_FILE, CLIENTS_FILE):
+            file = self.path / name
+            if not file.exists():
+                continue
+            with file.open(newline="") as fh:
+                reader = csv.DictReader(fh)
+                header, rows = list(reader.fieldnames or []), [r for r in reader if int(r["round"]) <= last_round]
+            self._headers[name] = header
+            tmp = file.with_name(file.name + ".tmp")
+            with tmp.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, file)
 
     def write_config(self, cfg: ExperimentConfig, **resolved: Any) -> None:
         """Write the config with its resolved values (device, norm, versions ...)."""

@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
-from flnorm.config import ExperimentConfig
+from flnorm.config import LOCAL_BN, ExperimentConfig
 from flnorm.device import resolve_device
+from flnorm.runner.checkpoint import (
+    Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint, strategy_state,
+)
 from flnorm.runner.monitor import ReplyLog
 from flnorm.runner.recorder import RoundRecorder
 from flnorm.runner.rundir import RunDirectory, default_run_dir
 from flnorm.task import new_model
 from strategies import build_strategy
+from strategies._state_averaging import array_record, numpy_state
 
 log = logging.getLogger("flnorm")
 # Seconds between reply polls of the simulation's in-memory grid: Flower's default 0.1 s
@@ -30,38 +36,94 @@ PULL_INTERVAL = 0.02
 
 
 def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
-    """Run ``cfg.rounds`` rounds of ``cfg.strategy`` on ``grid``; return the run directory."""
+    """Run rounds ``1..cfg.rounds`` of ``cfg.strategy`` on ``grid``; return the run directory.
+
+    With ``cfg.resume`` the run continues in ``cfg.out`` after its last checkpointed round.
+    """
     _ensure_logging()
-    rundir = RunDirectory(cfg.out or default_run_dir(cfg))
-    log.info("flnorm run %s -> %s", cfg.run_name, rundir.path)
+    rundir = RunDirectory(cfg.out or default_run_dir(cfg), resume=cfg.resume)
     model = new_model(cfg)
-    rundir.write_config(
-        cfg,
-        norm=cfg.norm_spec.name,
-        partition=cfg.partition_spec.name,
-        server_device=str(resolve_device(cfg.device)),
-        parameters=sum(p.numel() for p in model.parameters()),
-        run_dir=str(rundir.path),
-    )
+    strategy = build_strategy(cfg)
+    arrays = ArrayRecord(model.state_dict())
+    first_round = 1
+    if cfg.resume:
+        ckpt = _resume_point(rundir, cfg)
+        arrays = array_record(ckpt.arrays)
+        restore_strategy_state(strategy, ckpt.strategy_state)
+        first_round = ckpt.round + 1
+        log.info("flnorm run %s resumed after round %d -> %s", cfg.run_name, ckpt.round, rundir.path)
+    else:
+        log.info("flnorm run %s -> %s", cfg.run_name, rundir.path)
+        rundir.write_config(
+            cfg,
+            norm=cfg.norm_spec.name,
+            partition=cfg.partition_spec.name,
+            server_device=str(resolve_device(cfg.device)),
+            parameters=sum(p.numel() for p in model.parameters()),
+            run_dir=str(rundir.path),
+        )
     wait_for_nodes(grid, cfg.clients, cfg.node_timeout)
     if hasattr(grid, "pull_interval"):  # the in-process simulation grid polls for replies
         grid.pull_interval = PULL_INTERVAL
     replies = ReplyLog(grid)
     recorder = RoundRecorder(cfg, rundir, replies)
-    strategy = build_strategy(cfg)
-    experiment = ConfigRecord(cfg.to_flat())
-    result = strategy.start(
-        grid=replies,  # type: ignore[arg-type] - a Grid proxy
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.rounds,
-        train_config=experiment,
-        evaluate_config=ConfigRecord(cfg.to_flat()),
-        evaluate_fn=recorder,
-    )
-    state = result.arrays.to_torch_state_dict() if len(result.arrays) else model.state_dict()
-    rundir.save_model({k: torch.as_tensor(v) for k, v in state.items()})
+    arrays = run_rounds(strategy, replies, arrays, cfg, recorder, first_round, rundir.path)
+    rundir.save_model({k: torch.as_tensor(v) for k, v in arrays.to_torch_state_dict().items()})
     log.info("flnorm run finished: results in %s", rundir.path)
     return rundir.path
+
+
+def run_rounds(
+    strategy: Strategy, grid: ReplyLog, arrays: ArrayRecord, cfg: ExperimentConfig,
+    recorder: RoundRecorder, first_round: int, run_dir: Path,
+) -> ArrayRecord:
+    """Flower's ``Strategy.start`` loop, from ``first_round``, checkpointing every round.
+
+    Each round: ``configure_train`` -> send/receive -> ``aggregate_train`` (``None`` keeps
+    the model), ``configure_evaluate`` -> send/receive -> ``aggregate_evaluate``, the
+    server-side evaluation, then ``checkpoint.pt``. Replies not back within
+    ``cfg.round_timeout`` seconds count as failures.
+    """
+    experiment = cfg.to_flat()
+    if first_round == 1:
+        recorder(0, arrays)
+    else:
+        recorder.resume()
+    for rnd in range(first_round, cfg.rounds + 1):
+        train = grid.send_and_receive(
+            strategy.configure_train(rnd, arrays, ConfigRecord(experiment), grid), timeout=cfg.round_timeout
+        )
+        aggregated, _ = strategy.aggregate_train(rnd, train)
+        if aggregated is not None:
+            arrays = aggregated
+        evaluation = grid.send_and_receive(
+            strategy.configure_evaluate(rnd, arrays, ConfigRecord(experiment), grid), timeout=cfg.round_timeout
+        )
+        strategy.aggregate_evaluate(rnd, evaluation)
+        recorder(rnd, arrays)
+        save_checkpoint(run_dir, Checkpoint(rnd, numpy_state(arrays), strategy_state(strategy)))
+    return arrays
+
+
+def _resume_point(rundir: RunDirectory, cfg: ExperimentConfig) -> Checkpoint:
+    """The checkpoint to continue from, after checking the run is the same experiment."""
+    saved = ExperimentConfig.from_flat(rundir.read_config()["config"])
+    ignore = {"resume": False, "out": "", "data_dir": "", "node_timeout": 0.0, "round_timeout": 1.0,
+              "device": "auto", "num_cpus": 1, "num_gpus": 0.0, "ray_cpus": 0}
+    now, then = cfg.replace(**ignore), saved.replace(**ignore)
+    differ = [f.name.replace("_", "-") for f in fields(now) if getattr(now, f.name) != getattr(then, f.name)]
+    if differ:
+        raise ValueError(f"cannot resume {rundir.path}: the run was made with other {', '.join(differ)}")
+    if cfg.strategy in LOCAL_BN:
+        raise ValueError(
+            f"cannot resume a {cfg.strategy} run: its BN state lives on the clients and does not "
+            "survive into a new run"
+        )
+    ckpt = load_checkpoint(rundir.path)
+    if ckpt.round >= cfg.rounds:
+        raise ValueError(f"{rundir.path} finished all {cfg.rounds} rounds; nothing to resume")
+    rundir.truncate(ckpt.round)
+    return ckpt
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:

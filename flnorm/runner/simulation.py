@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from flwr.clientapp import ClientApp
 
 from flnorm.config import ExperimentConfig
 from flnorm.data.federated import load_partition
 from flnorm.errors import ConfigError
+from flnorm.runner.checkpoint import CHECKPOINT_FILE
 from flnorm.runner.rundir import METRICS_FILE, default_run_dir
 
 log = logging.getLogger("flnorm")
@@ -61,8 +63,10 @@ def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("device=cuda, but no CUDA device is visible (use auto or cpu)")
     load_partition(cfg.dataset, cfg.data_dir, cfg.download, cfg.partition, cfg.clients, cfg.seed)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    if (out / METRICS_FILE).exists():
-        raise ConfigError(f"{out} already holds a run; choose another --out")
+    if cfg.resume and not (out / CHECKPOINT_FILE).exists():
+        raise ConfigError(f"cannot resume {out}: no {CHECKPOINT_FILE} there (no round finished)")
+    if not cfg.resume and (out / METRICS_FILE).exists():
+        raise ConfigError(f"{out} already holds a run; choose another --out (or resume it)")
     return cfg.replace(out=str(out.resolve()), data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
 
 
@@ -81,19 +85,23 @@ def run_experiment(cfg: ExperimentConfig | None = None, **changes: object) -> pd
     pandas.DataFrame
         ``metrics.csv`` of the run; ``df.attrs["run_dir"]`` is the run directory.
     """
+    return run_prepared(prepare((cfg or ExperimentConfig()).replace(**changes)))
+
+
+def run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None = None) -> pd.DataFrame:
+    """Run a config returned by ``prepare``; ``client_app`` replaces flnorm's (fault tests)."""
     from flwr.simulation import run_simulation
 
-    from clients.client_app import app as client_app
+    from clients.client_app import app as flnorm_client_app
     from flnorm.runner.server_app import make_server_app
 
-    cfg = prepare((cfg or ExperimentConfig()).replace(**changes))
     started = start_ray(cfg)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
                 server_app=make_server_app(cfg),
-                client_app=client_app,
+                client_app=client_app or flnorm_client_app,
                 num_supernodes=cfg.clients,
                 backend_config=backend_config(cfg),
             )
