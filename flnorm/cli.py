@@ -97,13 +97,18 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="plot runs or grids into PNG files")
     plot.add_argument("runs", nargs="+", help="run directories or grid directories")
     plot.add_argument("--out", default="plots", help="directory for the PNGs (default: plots)")
+    from flnorm import deploy_cli
+
+    deploy_cli.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    command = {"run": _run, "grid": _grid, "plot": _plot}[args.command]
+    from flnorm import deploy_cli
+
+    command = {"run": _run, "grid": _grid, "plot": _plot, "deploy": deploy_cli.run}[args.command]
     return command(parser, args)
 
 

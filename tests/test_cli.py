@@ -77,3 +77,39 @@ def test_unloadable_dataset_fails_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "could not load cifar10" in proc.stderr and "--dataset mnist5k" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_deploy_helper_writes_certificates_keys_and_connection(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    from flnorm.cli import main
+
+    assert main(["deploy", "certs", "--out", str(tmp_path / "pki"), "--host", "link.example.org",
+                 "--host", "10.0.0.5"]) == 0
+    cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "server.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "link.example.org"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.0.0.5"}
+    ca = x509.load_pem_x509_certificate((tmp_path / "pki" / "ca.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+
+    assert main(["deploy", "node-key", "site1", "--out", str(tmp_path / "keys")]) == 0
+    private = load_ssh_private_key((tmp_path / "keys" / "site1").read_bytes(), None)
+    public = load_ssh_public_key((tmp_path / "keys" / "site1.pub").read_bytes())
+    assert private.public_key().public_numbers() == public.public_numbers()
+    assert (tmp_path / "keys" / "site1").stat().st_mode & 0o077 == 0  # private key not readable by others
+
+    assert main(["deploy", "connection", "--flwr-home", str(tmp_path / "home"), "--address", "10.0.0.5:9092",
+                 "--root-certificates", str(tmp_path / "pki" / "ca.crt")]) == 0
+    text = (tmp_path / "home" / "config.toml").read_text()
+    assert 'address = "10.0.0.5:9092"' in text and "root-certificates" in text and "insecure" not in text
+
+
+def test_deploy_refuses_auth_without_tls(capsys):
+    from flnorm.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["deploy", "superlink", "--auth"])
+    assert exc.value.code == 2
+    assert "needs TLS" in capsys.readouterr().err
