@@ -45,6 +45,7 @@ HELP = {
     "eval_every": "evaluate every N rounds and at the last (skipped rounds: empty test columns)",
     "channels_last": "conv weights and inputs in channels-last memory format (faster convolutions)",
     "fraction_train": "fraction of clients sampled for training each round",
+    "fraction_evaluate": "fraction of clients sampled for evaluation (when a round evaluates)",
     "seed": "seed for partition, model init and client batches",
     "device": f"device: {' | '.join(DEVICES)}",
     "num_cpus": "CPUs per virtual client (Ray actor); torch threads match it",

@@ -57,6 +57,7 @@ class ExperimentConfig:
     eval_every: int = 1
     channels_last: bool = True
     fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
     seed: int = 0
     device: str = "auto"
     num_cpus: int = 1
@@ -110,8 +111,9 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {value!r}")
-        if not 0 < self.fraction_train <= 1:
-            raise ConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train!r}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)!r}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 

@@ -20,7 +20,7 @@ from flnorm.config import LOCAL_BN, ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.data.federated import ClientData, client_data
 from flnorm.data.site import load_site_data
-from flnorm.device import place, resolve_device
+from flnorm.device import configure_backends, place, resolve_device
 from flnorm.diagnostics import feature_diagnostics
 from flnorm.models import build_model
 from flnorm.training import EvalResult, Standardize, evaluate, train_local
@@ -111,6 +111,7 @@ class ClientTask:
         self.cfg = cfg
         self.client = client
         self.device = resolve_device(cfg.device)
+        configure_backends(self.device)
         self.model = _worker_model(cfg, str(self.device))
         if data_path:
             dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)

@@ -36,7 +36,7 @@ class StrategyContext:
     def common(self) -> dict[str, Any]:
         return {
             "fraction_train": self.cfg.fraction_train,
-            "fraction_evaluate": 1.0,
+            "fraction_evaluate": self.cfg.fraction_evaluate,
             # A round goes ahead with min-replies nodes and averages what arrives (>= that).
             "min_train_nodes": self.cfg.min_replies,
             "min_evaluate_nodes": 1,

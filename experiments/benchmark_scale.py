@@ -1,0 +1,82 @@
+"""Scale: seconds per round and peak memory for 10, 100 and 1,000 virtual clients.
+
+Each size runs ``flnorm run`` in a subprocess (iid partition of mnist5k, paper CNN, 10 %
+of the clients sampled for training each round, evaluation of 10 % at the last round
+only) while this script samples the resident memory of the whole process tree (driver,
+Ray's daemons and actors) every 0.2 s.
+
+    .venv/bin/python experiments/benchmark_scale.py --clients 10 100 1000 --rounds 10
+
+Prints, per size: steady seconds per round (mean of rounds 2..R), peak memory (sum of RSS
+over the tree: shared pages count once per process, so this overstates), and the tree's
+RSS after round 2 and after the last round (memory must not grow with rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+
+def tree_rss(root: psutil.Process) -> int:
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_size(clients: int, rounds: int, fraction: float, out: Path) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "flnorm.cli", "run", "--clients", str(clients), "--rounds", str(rounds),
+           "--partition", "iid", "--fraction-train", str(fraction), "--fraction-evaluate", str(fraction),
+           "--eval-every", str(rounds), "--local-steps", "10", "--batch-size", "32", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = psutil.Process(proc.pid)
+    peak, after_round = 0, {}
+    metrics = out / "metrics.csv"
+    while proc.poll() is None:
+        rss = tree_rss(root)
+        peak = max(peak, rss)
+        if metrics.exists():
+            done = sum(1 for _ in metrics.open()) - 1
+            after_round.setdefault(done, rss)
+        time.sleep(0.2)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{clients} clients: flnorm run exited {proc.returncode}")
+    m = pd.read_csv(metrics)
+    last = max(k for k in after_round if k < rounds) if after_round else 0
+    return {
+        "clients": clients,
+        "sampled/round": int(m["clients_trained"].iloc[-1]),
+        "s/round": m["seconds"].iloc[1:].mean(),
+        "peak GiB": peak / 2**30,
+        "GiB after round 2": after_round.get(2, float("nan")) / 2**30,
+        f"GiB after round {last}": after_round.get(last, float("nan")) / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.clients:
+            rows.append(run_size(n, args.rounds, args.fraction, Path(tmp) / f"c{n}"))
+            print(rows[-1], flush=True)
+    print(pd.DataFrame(rows).round(2).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
