@@ -23,7 +23,7 @@ from flnorm.data.site import load_site_data
 from flnorm.device import configure_backends, place, resolve_device
 from flnorm.diagnostics import feature_diagnostics
 from flnorm.models import build_model
-from flnorm.training import EvalResult, Standardize, evaluate, train_local
+from flnorm.training import EVAL_BATCH, EvalResult, Standardize, evaluate, train_local
 
 _threads_set = False
 DIAGNOSTIC_SAMPLES = 256
@@ -184,7 +184,7 @@ class ClientTask:
         return evaluate(self.model, self.data.test_x, self.data.test_y, self.transform,
                         bn_batch_stats=bn_batch_stats)
 
-    def moments(self, batch_size: int = 500) -> dict[str, Moments]:
+    def moments(self, batch_size: int = EVAL_BATCH) -> dict[str, Moments]:
         """Per-BN-layer moments of the loaded model over the client's training data."""
         x = self.data.train_x
         return collect_moments(

@@ -1,11 +1,15 @@
 """Local training: step counts, determinism, FedProx term, evaluation."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flnorm.config import ExperimentConfig
+from flnorm.data import load_dataset
 from flnorm.task import ClientTask, new_model, round_seed
-from flnorm.training import batch_indices
+from flnorm.training import Standardize, batch_indices, train_local
 
 
 def test_batch_indices_full_batches_and_epochs():
@@ -141,3 +145,30 @@ def test_bad_site_data_names_the_problem(tmp_path, arrays, match):
         load_site_data(str(tmp_path / "bad.npz"), (1, 28, 28), 10)
     with pytest.raises(ValueError, match="is not a file"):
         load_site_data(str(tmp_path / "missing.npz"), (1, 28, 28), 10)
+
+
+@pytest.mark.parametrize("momentum, weight_decay, mu", [(0.0, 0.0, 0.0), (0.9, 5e-4, 0.0), (0.5, 0.0, 0.1)])
+def test_local_sgd_equals_torch_optim_sgd(momentum, weight_decay, mu):
+    """train_local's functional SGD step is torch.optim.SGD's arithmetic, bit for bit."""
+    cfg = ExperimentConfig(norm="bn", partition="iid", clients=2)
+    data = load_dataset(cfg.dataset)
+    x, y = data.train_x[:200], data.train_y[:200]
+    transform = Standardize(data.mean, data.std, torch.device("cpu"))
+    ours = new_model(cfg)
+    reference = copy.deepcopy(ours)
+    train_local(ours, x, y, transform, steps=4, batch_size=32, lr=0.05, momentum=momentum,
+                weight_decay=weight_decay, proximal_mu=mu, generator=torch.Generator().manual_seed(3))
+
+    reference.train()
+    params = [p for p in reference.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=0.05, momentum=momentum, weight_decay=weight_decay)
+    for batch in batch_indices(len(y), 32, 4, torch.Generator().manual_seed(3)):
+        loss = F.cross_entropy(reference(transform(x[batch])), y[batch])
+        if mu > 0:
+            loss = loss + 0.5 * mu * sum((p - a).pow(2).sum() for p, a in zip(params, anchor))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key

@@ -93,8 +93,10 @@ def run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None = None) -> 
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as flnorm_client_app
+    from flnorm.runner import dispatch
     from flnorm.runner.server_app import make_server_app
 
+    dispatch.install()
     started = start_ray(cfg)
     try:
         with warnings.catch_warnings():

@@ -1,0 +1,92 @@
+"""flnorm's simulation dispatcher takes the same messages as Flower's per-node polling."""
+
+from flwr.app import ConfigRecord, Message, RecordDict
+import pytest
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.federation import NoOpFederationManager
+from flwr.superlink.grid import InMemoryGrid
+
+from flnorm.runner import dispatch
+
+
+@pytest.fixture(autouse=True)
+def _server_identity(monkeypatch):
+    """Messages are stamped with the sender's identity: the SuperLink's, as in a simulation."""
+    for name, value in (("_task_id", 11), ("_run_id", 7), ("_node_id", SUPERLINK_NODE_ID)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def _link(num_nodes: int):
+    """A simulation's LinkState, grid and registered nodes, built as run_simulation does."""
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    run = Run.create_empty(run_id=7)
+    run.primary_task_id = 11
+    run.federation_id = NOOP_FEDERATION_ID
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[11] = Task(task_id=11, run_id=run.run_id)
+    nodes = vce_api._register_nodes(num_nodes, factory)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    return state, grid, list(nodes)
+
+
+def _push(grid, node_ids, tag: str, ttl: float | None = None):
+    msgs = [Message(RecordDict({"c": ConfigRecord({"tag": tag})}), dst_node_id=n, message_type="train", ttl=ttl)
+            for n in node_ids]
+    return list(grid.push_messages(msgs))
+
+
+def test_one_message_per_node_per_poll_oldest_first_marked_delivered():
+    state, grid, nodes = _link(4)
+    _push(grid, nodes, "first")
+    _push(grid, nodes[:2], "second")
+    taken = dispatch.pending_messages(state, nodes)
+    assert sorted(m.metadata.dst_node_id for m in taken) == sorted(nodes)
+    assert {m.content["c"]["tag"] for m in taken} == {"first"}
+    assert all(m.metadata.delivered_at for m in taken)
+    again = dispatch.pending_messages(state, nodes)
+    assert sorted(m.metadata.dst_node_id for m in again) == sorted(nodes[:2])
+    assert {m.content["c"]["tag"] for m in again} == {"second"}
+    assert dispatch.pending_messages(state, nodes) == []
+
+
+def test_same_messages_as_flowers_get_message_ins():
+    ours, grid, nodes = _link(3)
+    _push(grid, nodes, "a")
+    _push(grid, nodes[1:], "b")
+    theirs, grid2, nodes2 = _link(3)
+    _push(grid2, nodes2, "a")
+    _push(grid2, nodes2[1:], "b")
+    for _ in range(3):
+        mine = sorted((nodes.index(m.metadata.dst_node_id), m.content["c"]["tag"])
+                      for m in dispatch.pending_messages(ours, nodes))
+        flower = sorted((nodes2.index(m.metadata.dst_node_id), m.content["c"]["tag"])
+                        for n in nodes2 for m in theirs.get_message_ins(node_id=n, limit=1))
+        assert mine == flower
+
+
+def test_only_the_given_nodes_and_expired_messages_dropped(monkeypatch):
+    state, grid, nodes = _link(3)
+    _push(grid, nodes, "x")
+    assert [m.metadata.dst_node_id for m in dispatch.pending_messages(state, nodes[:1])] == nodes[:1]
+    for msg in state.message_ins_store.values():  # every remaining message is past its TTL
+        msg.metadata.__dict__["_created_at"] = msg.metadata.created_at - 10 * msg.metadata.ttl
+    assert dispatch.pending_messages(state, nodes) == []
+
+
+def test_install_replaces_the_engine_loop():
+    flower = vce_api.add_messages_to_queue
+    try:
+        dispatch.install()
+        assert vce_api.add_messages_to_queue is dispatch.add_messages_to_queue
+    finally:
+        vce_api.add_messages_to_queue = flower
