@@ -86,3 +86,20 @@ def test_resume_refuses_a_different_config(tmp_path, monkeypatch):
             run_prepared(prepare(base))
     with pytest.raises(Exception, match="other lr"):
         run_prepared(prepare(base.replace(lr=0.5, resume=True)))
+
+
+TIMING = {"seconds", "elapsed", "timestamp"}
+
+
+def test_same_seed_twice_gives_identical_metrics_and_model(tmp_path):
+    """Determinism on CPU: two independent simulations of one config agree to the bit."""
+    base = ExperimentConfig(norm="bn", strategy="fedbn", clients=3, rounds=3, local_steps=3,
+                            partition="classes-2", diagnostics=True)
+    first = run_prepared(prepare(base.replace(out=str(tmp_path / "a"))))
+    second = run_prepared(prepare(base.replace(out=str(tmp_path / "b"))))
+    columns = [c for c in first.columns if c not in TIMING]
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+    clients = [pd.read_csv(tmp_path / run / "clients.csv").drop(columns=["fit_seconds"]) for run in "ab"]
+    pd.testing.assert_frame_equal(*clients)
+    a, b = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
