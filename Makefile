@@ -10,7 +10,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION ?= 1
 # The default experiment of `make run`; override e.g. `make run RUN_ARGS="--norm bn"`.
 RUN_ARGS ?= --norm ln --partition classes-2 --clients 10 --rounds 30
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench bench-scale clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ test-fast: install
 
 bench: install
 	$(PY) experiments/benchmark_overhead.py
+
+bench-scale: install
+	$(PY) experiments/benchmark_scale.py --clients 10 100 1000 --rounds 10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

@@ -9,7 +9,8 @@ Ray's daemons and actors) every 0.2 s.
 
 Prints, per size: steady seconds per round (mean of rounds 2..R), peak memory (sum of RSS
 over the tree: shared pages count once per process, so this overstates), and the tree's
-RSS after round 2 and after the last round (memory must not grow with rounds).
+RSS after round 2 and after the last round, and the least-squares slope of the tree's RSS
+over rounds 3..R-1 in MiB per round (memory must not grow with rounds).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 
@@ -54,6 +56,8 @@ def run_size(clients: int, rounds: int, fraction: float, out: Path) -> dict[str,
         raise RuntimeError(f"{clients} clients: flnorm run exited {proc.returncode}")
     m = pd.read_csv(metrics)
     last = max(k for k in after_round if k < rounds) if after_round else 0
+    steady = sorted(k for k in after_round if 3 <= k < rounds)  # past warm-up, before the final evaluation
+    slope = np.polyfit(steady, [after_round[k] for k in steady], 1)[0] / 2**20 if len(steady) >= 3 else float("nan")
     return {
         "clients": clients,
         "sampled/round": int(m["clients_trained"].iloc[-1]),
@@ -61,6 +65,7 @@ def run_size(clients: int, rounds: int, fraction: float, out: Path) -> dict[str,
         "peak GiB": peak / 2**30,
         "GiB after round 2": after_round.get(2, float("nan")) / 2**30,
         f"GiB after round {last}": after_round.get(last, float("nan")) / 2**30,
+        "MiB/round from round 3": slope,
     }
 
 

@@ -54,6 +54,20 @@ def pct(values: pd.Series) -> str:
     return f"{100 * values.iloc[0]:.1f}"
 
 
+def settle(table: pd.DataFrame, grid_dir: Path, rounds: int, window: int) -> pd.DataFrame:
+    """Each cell's global and personalized accuracy as the mean of its evaluations in the
+    last ``window`` rounds (one round's figure under label skew swings by several points)."""
+    path = grid_dir / "rounds.csv"
+    if table.empty or not path.exists():
+        return table
+    curves = pd.read_csv(path).dropna(subset=["test_accuracy"])
+    late = curves[curves["round"] > rounds - window].groupby("cell")[["test_accuracy", "personal_accuracy"]].mean()
+    table = table.copy()
+    for col in late:
+        table[col] = table["cell"].map(late[col])
+    return table
+
+
 def print_trends(path: Path, rounds: int, window: int = 10) -> None:
     """How flat each curve is: mean accuracy over the last ``window`` rounds minus the
     mean over the ``window`` before (evaluated rounds only), in points."""
@@ -73,6 +87,34 @@ def print_trends(path: Path, rounds: int, window: int = 10) -> None:
         print(f"| {method} | " + " | ".join("-" if pd.isna(v) else f"{v:+.1f}" for v in row) + " |")
 
 
+def print_features(path: Path, rounds: int, window: int) -> None:
+    """Feature-collapse diagnostics per method and partition over the last ``window`` rounds:
+    mean penultimate-feature norm after local training, and the top singular value's share
+    of the top five of one client's feature matrix (1.0 = every feature on one direction)."""
+    if not path.exists():
+        return
+    curves = pd.read_csv(path)
+    if "feature_norm" not in curves:
+        return
+    curves = curves[curves["round"] > rounds - window].copy()
+    curves["method"] = [method_of(row) for _, row in curves.iterrows()]
+    svs = curves[[f"sv{i}" for i in range(1, 6)]]
+    curves["sv1_share"] = svs["sv1"] / svs.sum(axis=1)
+    table = curves.groupby(["method", "partition"])[["feature_norm", "sv1_share"]].mean()
+    print(f"\n### Feature diagnostics, rounds {rounds - window + 1}-{rounds}: mean feature norm / "
+          "top singular value's share of the top five\n")
+    print("| method | " + " | ".join(PARTITIONS) + " |\n" + "|---" * (len(PARTITIONS) + 1) + "|")
+    for method in METHODS:
+        cells = []
+        for part in PARTITIONS:
+            if (method, part) in table.index:
+                norm, share = table.loc[(method, part)]
+                cells.append(f"{norm:.1f} / {share:.2f}")
+            else:
+                cells.append("-")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
@@ -81,6 +123,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/table4")
     parser.add_argument("--report-only", action="store_true",
                         help="print the tables from the finished cells on disk; run nothing")
+    parser.add_argument("--window", type=int, default=10,
+                        help="report the mean of each cell's evaluations in the last N rounds")
     parser.add_argument("--precise-passes", type=int, default=1,
                         help="PreciseBN passes per round (0 = exact, one per BN layer; 1 is 3x cheaper)")
     args = parser.parse_args()
@@ -104,13 +148,15 @@ def main() -> None:
             tables[name] = tables[name][tables[name].get("status", pd.Series(dtype=str)) == "finished"]
         else:
             tables[name] = run_grid(out=out / name, parallel=args.parallel, **spec)
+        tables[name] = settle(tables[name], out / name, args.rounds, args.window)
     main_grid, seeds, sweep = tables["methods"], tables["seeds"], tables["lr"]
     seconds = time.perf_counter() - start
     for table in (main_grid, seeds, sweep):
         table["method"] = [method_of(row) for _, row in table.iterrows()]
 
+    late = f"mean of the evaluations in rounds {args.rounds - args.window + 1}-{args.rounds}"
     print(f"\n### Methods x partitions (mnist5k, {args.rounds} rounds, seed 0): global accuracy %, "
-          "paper's CIFAR-10 in brackets\n")
+          f"{late}, paper's CIFAR-10 in brackets\n")
     print("| method | " + " | ".join(PARTITIONS) + " | personalized classes-1 |")
     print("|---" * (len(PARTITIONS) + 2) + "|")
     for method in METHODS:
@@ -128,19 +174,20 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(cells) + f" | {personal} |")
 
     both = pd.concat([main_grid[main_grid["partition"] == "classes-1"], seeds])
-    print(f"\n### classes-1, seeds {SEEDS}: global accuracy % (mean ± std)\n")
+    print(f"\n### classes-1, seeds {SEEDS}: global accuracy % ({late}; mean ± std over seeds)\n")
     print("| method | global | personalized |\n|---|---|---|")
     for method, group in both.groupby("method", sort=False):
         print(f"| {method} | {pct(group['test_accuracy'])} | {pct(group['personal_accuracy'])} |")
 
     lrs = pd.concat([main_grid[(main_grid["partition"] == "classes-1") & main_grid["method"].isin(LR_METHODS)]
                      .assign(lr=0.01), sweep])
-    print("\n### lr sweep, classes-1, seed 0: global accuracy %\n")
+    print(f"\n### lr sweep, classes-1, seed 0: global accuracy % ({late})\n")
     print("| method | " + " | ".join(f"lr {lr}" for lr in LRS) + " |\n" + "|---" * (len(LRS) + 1) + "|")
     for method in LR_METHODS:
         row = [lrs[(lrs["method"] == method) & (lrs["lr"] == lr)]["test_accuracy"] for lr in LRS]
         print(f"| {method} | " + " | ".join(f"{100 * r.iloc[0]:.1f}" if len(r) else "-" for r in row) + " |")
-    print_trends(out / "methods" / "rounds.csv", args.rounds)
+    print_trends(out / "methods" / "rounds.csv", args.rounds, args.window)
+    print_features(out / "methods" / "rounds.csv", args.rounds, args.window)
     print(f"\n{seconds:.0f} s for this invocation ({len(main_grid) + len(seeds) + len(sweep)} cells)")
 
 

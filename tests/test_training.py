@@ -96,7 +96,14 @@ def test_channels_last_is_the_same_computation(norm, steps):
     fast, _ = _fit(ExperimentConfig(norm=norm, local_steps=steps, channels_last=True))
     plain, _ = _fit(ExperimentConfig(norm=norm, local_steps=steps, channels_last=False))
     for k in plain:
-        torch.testing.assert_close(fast[k].contiguous(), plain[k], rtol=1e-3, atol=1e-5)
+        if not plain[k].is_floating_point():
+            assert torch.equal(fast[k], plain[k]), k
+            continue
+        # Norm-wise: the layouts' kernels sum in different orders and training on one-class
+        # batches amplifies float32 rounding (seen: 4e-4 relative after 4 steps; single
+        # near-zero weights off by 3 %), while a layout bug (permuted weights) is off by O(1).
+        error = (fast[k].contiguous() - plain[k]).norm() / plain[k].norm().clamp_min(1e-12)
+        assert error < 5e-3, f"{k}: relative error {error:.2e}"
 
 
 def test_channels_last_layout_is_used():
