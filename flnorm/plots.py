@@ -130,9 +130,10 @@ def plot_runs(paths: list[str | Path], out: str | Path = "plots") -> list[Path]:
     if with_features:
         fig, (ax_norm, ax_sv) = _figure(2, "Penultimate features after local training")
         for run, name in with_features:
-            m = run.metrics
-            ax_norm.plot(m["round"], m["feature_norm"], label=name)
-            ax_sv.plot(m["round"], m["sv1"] / m[[c for c in m if c.startswith("sv")]].sum(axis=1), label=name)
+            m = run.metrics.dropna(subset=["feature_norm"])  # computed in evaluated rounds only
+            ax_norm.plot(m["round"], m["feature_norm"], label=name, marker=".")
+            ax_sv.plot(m["round"], m["sv1"] / m[[c for c in m if c.startswith("sv")]].sum(axis=1), label=name,
+                       marker=".")
         ax_norm.set(title="mean feature norm (mean over clients)", xlabel="round", yscale="log")
         ax_sv.set(title="top singular value share (one client)", xlabel="round", ylim=(0, 1))
         for ax in (ax_norm, ax_sv):

@@ -169,7 +169,7 @@ class ClientTask:
             "client": self.client,
             "fit_seconds": time.perf_counter() - start,
         }
-        if cfg.diagnostics:
+        if cfg.diagnostics and cfg.evaluates(server_round):
             metrics.update(self.diagnostics())
         return metrics
 

@@ -60,3 +60,16 @@ def test_checkpoint_round_trip_and_truncate(tmp_path):
     text = (tmp_path / "run" / "metrics.csv").read_text().split()
     assert text == ["round,x", "1,0.1", "2,0.2", "3,0.5"]
     assert len((tmp_path / "run" / "clients.csv").read_text().split()) == 1 + 2 * 2
+
+
+def test_diagnostics_columns_are_nan_in_rounds_without_evaluation():
+    recorder = RoundRecorder.__new__(RoundRecorder)
+    recorder.cfg = ExperimentConfig(diagnostics=True, eval_every=5)
+    quiet = recorder._diagnostics(PhaseReplies(sent=1, metrics=[{"client": 0, "train_loss": 1.0}]))
+    assert set(quiet) == {"feature_norm", "diag_client", "sv1", "sv2", "sv3", "sv4", "sv5"}
+    assert all(v != v for v in quiet.values())  # NaN: the same columns in every metrics row
+    reported = recorder._diagnostics(PhaseReplies(sent=2, metrics=[
+        {"client": 3, "feature_norm": 2.0, **{f"sv{i}": 1.0 for i in range(1, 6)}},
+        {"client": 1, "feature_norm": 4.0, **{f"sv{i}": 6.0 - i for i in range(1, 6)}},
+    ]))
+    assert reported["feature_norm"] == 3.0 and reported["diag_client"] == 1 and reported["sv1"] == 5.0

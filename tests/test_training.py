@@ -76,6 +76,8 @@ def test_feature_diagnostics_match_definition():
     cfg = ExperimentConfig(norm="fn", diagnostics=True, local_steps=2)
     state, metrics = _fit(cfg)
     assert metrics["feature_norm"] > 0 and metrics["sv1"] >= metrics["sv2"] >= metrics["sv5"] >= 0
+    _, quiet = _fit(cfg.replace(eval_every=5, rounds=20))  # round 1 does not evaluate
+    assert "feature_norm" not in quiet and "sv1" not in quiet
     model = new_model(cfg)
     x = torch.randn(40, 1, 28, 28)
     z = model.eval().features(x).double()

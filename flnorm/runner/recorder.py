@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.device import place, resolve_device
+from flnorm.diagnostics import TOP_SINGULAR_VALUES
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
 from flnorm.runner.rundir import METRICS_FILE, RunDirectory
 from flnorm.task import new_model
@@ -48,9 +49,9 @@ class RoundRecorder:
     replies that were errors or never arrived; ``seconds``: the round's wall time;
     ``elapsed``: seconds since round 1 began. Rounds that do not evaluate
     (``--eval-every``) leave the test and union columns empty; ``timestamp``: Unix time at the round's end.
-    With ``diagnostics``: ``feature_norm`` (mean over clients of the mean penultimate
-    feature norm after local training) and ``sv1..sv5`` of client ``diag_client``'s
-    feature matrix ``Z / sqrt(n)``.
+    With ``diagnostics``, in the rounds that evaluate (empty in the others): ``feature_norm``
+    (mean over clients of the mean penultimate feature norm after local training) and
+    ``sv1..sv5`` of client ``diag_client``'s feature matrix ``Z / sqrt(n)``.
     """
 
     def __init__(self, cfg: ExperimentConfig, rundir: RunDirectory, replies: ReplyLog) -> None:
@@ -132,12 +133,20 @@ class RoundRecorder:
         return MetricRecord({k: float(v) for k, v in row.items()})
 
     def _diagnostics(self, train: PhaseReplies) -> dict[str, float]:
-        """Mean feature norm over clients; singular values of the lowest-id client's features."""
-        if not self.cfg.diagnostics or not train.metrics:
+        """Mean feature norm over clients; singular values of the lowest-id client's features.
+
+        Clients compute them in the rounds that evaluate; other rounds get NaN columns.
+        """
+        if not self.cfg.diagnostics:
             return {}
-        first = min(train.metrics, key=lambda m: m["client"])
-        out = {"feature_norm": _mean([m["feature_norm"] for m in train.metrics]), "diag_client": first["client"]}
-        out.update({k: v for k, v in first.items() if k.startswith("sv") and k[2:].isdigit()})
+        out = {"feature_norm": math.nan, "diag_client": math.nan,
+               **{f"sv{i}": math.nan for i in range(1, TOP_SINGULAR_VALUES + 1)}}
+        reported = [m for m in train.metrics if "feature_norm" in m]
+        if reported:
+            first = min(reported, key=lambda m: m["client"])
+            out["feature_norm"] = _mean([m["feature_norm"] for m in reported])
+            out["diag_client"] = first["client"]
+            out.update({k: v for k, v in first.items() if k.startswith("sv") and k[2:].isdigit()})
         return out
 
     def _check(self, server_round: int, phase: str, replies: PhaseReplies) -> None:
