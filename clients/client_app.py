@@ -21,6 +21,7 @@ from flwr.clientapp import ClientApp
 
 from flnorm.bn.precise import moments_to_arrays
 from flnorm.config import ExperimentConfig
+from flnorm.runner.arrays import torch_state
 from flnorm.task import ClientTask, personal_keys
 
 BN_STATE = "flnorm.bn"
@@ -52,7 +53,7 @@ def _kept(context: Context, keys: frozenset[str]) -> dict | None:
     """The client's own BN tensors among ``keys``, or None before it has trained."""
     if BN_STATE not in context.state:
         return None
-    kept = context.state[BN_STATE].to_torch_state_dict()
+    kept = torch_state(context.state[BN_STATE])
     return {k: v for k, v in kept.items() if k in keys}
 
 
@@ -60,7 +61,7 @@ def _kept(context: Context, keys: frozenset[str]) -> dict | None:
 def train(msg: Message, context: Context) -> Message:
     """Load the global model (and the client's own BN where it stays local), train, reply."""
     task, config = _task(msg, context)
-    task.load(msg.content["arrays"].to_torch_state_dict(), overlay=_kept(context, task.local_keys))
+    task.load(torch_state(msg.content["arrays"]), overlay=_kept(context, task.local_keys))
     metrics = task.fit(
         int(config["server-round"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
@@ -82,7 +83,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     client's own BN state (FedBN: its BN modules; otherwise its running statistics).
     """
     task, config = _task(msg, context)
-    received = msg.content["arrays"].to_torch_state_dict()
+    received = torch_state(msg.content["arrays"])
     mode = task.cfg.bn_eval_mode
     own = _kept(context, personal_keys(task.cfg))
     task.load(received, overlay=own if mode == "local" else None)
@@ -107,7 +108,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def bn_moments(msg: Message, context: Context) -> Message:
     """PreciseBN pass: per-BN-layer (n, mean, var) of the received model over local data."""
     task, _ = _task(msg, context)
-    task.load(msg.content["arrays"].to_torch_state_dict())
+    task.load(torch_state(msg.content["arrays"]))
     moments = {k: Array(v) for k, v in moments_to_arrays(task.moments()).items()}
     metrics = MetricRecord({"num-examples": len(task.data.train_y), "client": task.client})
     return Message(RecordDict({"moments": ArrayRecord(moments), "metrics": metrics}), reply_to=msg)

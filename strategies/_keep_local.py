@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from flnorm.runner.arrays import decode
 from strategies._state_averaging import NumpyState
 
 
@@ -22,7 +23,7 @@ class KeepLocal:
 
     def _shared(self, arrays: ArrayRecord) -> ArrayRecord:
         self._order = list(arrays.keys())
-        self._held = {k: a.numpy() for k, a in arrays.items() if k in self.local_keys}
+        self._held = {k: decode(a) for k, a in arrays.items() if k in self.local_keys}
         return ArrayRecord({k: a for k, a in arrays.items() if k not in self.local_keys})
 
     def configure_train(

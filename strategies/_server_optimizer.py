@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 
 from flnorm.bn.layout import BNLayout
 from flnorm.bn.pooling import average_with_pooled_stats
+from flnorm.runner.arrays import decode
 from strategies._state_averaging import accepted_replies, array_record, numpy_state
 
 
@@ -44,7 +45,7 @@ class TrainableOnly:
         weights = [int(next(iter(r.content.metric_records.values()))[self.weighted_by_key]) for r in valid]
         buffer_keys = [k for k in records[0] if k not in self.trainable_keys]
         buffers = average_with_pooled_stats(
-            [{k: rec[k].numpy() for k in buffer_keys} for rec in records], weights, self.layout,
+            [{k: decode(rec[k]) for k in buffer_keys} for rec in records], weights, self.layout,
             self.batch_size, self.current_arrays,
         ) if buffer_keys else {}
         for rec in records:  # Flower's optimizer sees the trainable parameters only

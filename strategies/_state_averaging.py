@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from flnorm.aggregation import nonfinite_keys, weighted_average
+from flnorm.runner.arrays import numpy_state as _decoded
 
 log = logging.getLogger("flnorm")
 
@@ -32,7 +33,7 @@ def client_order(msg: Message) -> tuple[int, int]:
 def rejected_update(msg: Message) -> str | None:
     """Why a train reply must not be averaged in (NaN/Inf arrays), or None if it is sound."""
     for record in msg.content.array_records.values():
-        bad = nonfinite_keys({k: a.numpy() for k, a in record.items()})
+        bad = nonfinite_keys(_decoded(record, copy=False))
         if bad:
             return f"non-finite values in {len(bad)} arrays ({', '.join(bad[:3])})"
     return None
@@ -74,7 +75,8 @@ def mean_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecor
 
 
 def numpy_state(record: ArrayRecord) -> NumpyState:
-    return {k: a.numpy() for k, a in record.items()}
+    """The record's arrays as writable NumPy arrays (``flnorm.runner.arrays.decode``)."""
+    return _decoded(record)
 
 
 def array_record(state: NumpyState) -> ArrayRecord:

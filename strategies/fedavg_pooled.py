@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from flnorm.bn.layout import BNLayout
 from flnorm.bn.pooling import average_with_pooled_stats
+from flnorm.runner.arrays import decode
 from strategies._state_averaging import NumpyState
 from strategies.fedavg import FedAvg
 
@@ -43,7 +44,7 @@ class FedAvgPooled(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.previous = {k: arrays[k].numpy() for k in self.layout.stat_keys}
+        self.previous = {k: decode(arrays[k]) for k in self.layout.stat_keys}
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_states(self, states: Sequence[NumpyState], weights: Sequence[float]) -> NumpyState:

@@ -14,6 +14,8 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from flnorm.runner.arrays import decode
+
 from strategies._state_averaging import NumpyState
 from strategies.fedavg_pooled import FedAvgPooled
 
@@ -30,7 +32,7 @@ class FixBN(FedAvgPooled):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         frozen = server_round > self.freeze_after
-        self._frozen = {k: arrays[k].numpy() for k in self.layout.stat_keys} if frozen else None
+        self._frozen = {k: decode(arrays[k]) for k in self.layout.stat_keys} if frozen else None
         config = ConfigRecord({**config, "bn-frozen": frozen})  # the caller's record is reused each round
         return super().configure_train(server_round, arrays, config, grid)
 

@@ -212,9 +212,12 @@ def run_grid(
         log.info("grid: %d/%d cells, %s: %s", len(done), len(cells), cell.name, status)
 
     if parallel == 1:
-        for cell in cells:
-            status, error, _ = _attempt(cell, in_process=True)
-            record(cell, status, error)
+        from flnorm.runner.ray_backend import keep_ray
+
+        with keep_ray():  # one Ray for all cells: 3-5 s less per cell
+            for cell in cells:
+                status, error, _ = _attempt(cell, in_process=True)
+                record(cell, status, error)
     else:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = {cell.name: pool.submit(_attempt, cell, False) for cell in cells}

@@ -14,6 +14,7 @@ from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.device import place, resolve_device
 from flnorm.diagnostics import TOP_SINGULAR_VALUES
+from flnorm.runner.arrays import torch_state
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
 from flnorm.runner.rundir import METRICS_FILE, RunDirectory
 from flnorm.task import new_model
@@ -75,7 +76,7 @@ class RoundRecorder:
         return "global" if mode == "local" else mode
 
     def union_eval(self, arrays: ArrayRecord) -> tuple[float, float]:
-        self.model.load_state_dict(arrays.to_torch_state_dict())
+        self.model.load_state_dict(torch_state(arrays))
         result = evaluate(self.model, self.test_x, self.test_y, self.transform,
                           bn_batch_stats=self.union_mode == "batch")
         return result.accuracy, result.loss

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import Strategy
 
 from flnorm.config import LOCAL_BN, ExperimentConfig
 from flnorm.device import resolve_device
+from flnorm.runner.arrays import torch_state
 from flnorm.runner.checkpoint import (
     Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint, strategy_state,
 )
@@ -68,7 +69,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
     replies = ReplyLog(grid)
     recorder = RoundRecorder(cfg, rundir, replies)
     arrays = run_rounds(strategy, replies, arrays, cfg, recorder, first_round, rundir.path)
-    rundir.save_model({k: torch.as_tensor(v) for k, v in arrays.to_torch_state_dict().items()})
+    rundir.save_model({k: torch.as_tensor(v) for k, v in torch_state(arrays).items()})
     log.info("flnorm run finished: results in %s", rundir.path)
     return rundir.path
 

@@ -93,10 +93,11 @@ def run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None = None) -> 
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as flnorm_client_app
-    from flnorm.runner import dispatch
+    from flnorm.runner import dispatch, ray_backend
     from flnorm.runner.server_app import make_server_app
 
     dispatch.install()
+    ray_backend.install()
     started = start_ray(cfg)
     try:
         with warnings.catch_warnings():
@@ -108,7 +109,7 @@ def run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None = None) -> 
                 backend_config=backend_config(cfg),
             )
     finally:
-        if started:
+        if started and not ray_backend.keeping_ray():
             import ray
 
             ray.shutdown()  # Flower's backend normally has; a no-op then
