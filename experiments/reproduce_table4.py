@@ -1,6 +1,6 @@
 """The LN/FN paper's Table 4 layout on the embedded dataset, plus an lr sweep and seeds.
 
-    .venv/bin/python experiments/reproduce_table4.py --rounds 50 --eval-every 5
+    .venv/bin/python experiments/reproduce_table4.py --rounds 30 --eval-every 5 --window 10
 
 Setup as in "Understanding the Role of Layer Normalization in Label-Skewed Federated
 Learning" (TMLR 2024): 10 clients, all every round, E = 10 local steps of batch 32, plain
@@ -117,7 +117,7 @@ def print_features(path: Path, rounds: int, window: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N rounds and at the last")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--out", default="runs/table4")
