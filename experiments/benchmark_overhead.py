@@ -120,9 +120,9 @@ def main() -> None:
     parser.add_argument("--num-gpus", type=float, default=None,
                         help="GPU fraction per flnorm virtual client (default: 0.25 with CUDA, else 0)")
     args = parser.parse_args()
-    if args.queue_depth is not None:
-        from flnorm.runner import ray_backend
+    from flnorm.runner import ray_backend
 
+    if args.queue_depth is not None:
         ray_backend.QUEUE_DEPTH = args.queue_depth
     cuda = resolve_device(args.device).type == "cuda"
     num_gpus = args.num_gpus if args.num_gpus is not None else (0.25 if cuda else 0.0)
@@ -149,8 +149,6 @@ def main() -> None:
     print(f"{'train samples/s':24}{samples / fl_steady:10.0f}{samples / plain_steady:10.0f}")
     print(f"{'round 1 s':24}{fl_rounds[0]:10.2f}{plain_rounds[0]:10.2f}")
     print(f"plain steady s/round before / after the flnorm run: {plain_each[0]:.3f} / {plain_each[1]:.3f}")
-    from flnorm.runner import ray_backend
-
     print(f"messages queued per Ray actor: {ray_backend.QUEUE_DEPTH}")
     if cuda:
         per_gpu = int(1 / num_gpus) if num_gpus > 0 else "all"

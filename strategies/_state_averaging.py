@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from flnorm.aggregation import nonfinite_keys, weighted_average
-from flnorm.runner.arrays import numpy_state as _decoded
+from flnorm.runner.arrays import numpy_state  # re-exported: strategies decode replies with it
 
 log = logging.getLogger("flnorm")
 
@@ -33,7 +33,7 @@ def client_order(msg: Message) -> tuple[int, int]:
 def rejected_update(msg: Message) -> str | None:
     """Why a train reply must not be averaged in (NaN/Inf arrays), or None if it is sound."""
     for record in msg.content.array_records.values():
-        bad = nonfinite_keys(_decoded(record, copy=False))
+        bad = nonfinite_keys(numpy_state(record, copy=False))
         if bad:
             return f"non-finite values in {len(bad)} arrays ({', '.join(bad[:3])})"
     return None
@@ -72,11 +72,6 @@ def mean_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecor
                 continue
             out[key] = out.get(key, 0.0) + float(value) * w / total
     return MetricRecord(out)
-
-
-def numpy_state(record: ArrayRecord) -> NumpyState:
-    """The record's arrays as writable NumPy arrays (``flnorm.runner.arrays.decode``)."""
-    return _decoded(record)
 
 
 def array_record(state: NumpyState) -> ArrayRecord:

@@ -15,7 +15,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from flnorm.runner.arrays import decode
-
 from strategies._state_averaging import NumpyState
 from strategies.fedavg_pooled import FedAvgPooled
 

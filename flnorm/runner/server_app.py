@@ -12,7 +12,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
@@ -69,7 +68,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
     replies = ReplyLog(grid)
     recorder = RoundRecorder(cfg, rundir, replies)
     arrays = run_rounds(strategy, replies, arrays, cfg, recorder, first_round, rundir.path)
-    rundir.save_model({k: torch.as_tensor(v) for k, v in torch_state(arrays).items()})
+    rundir.save_model(torch_state(arrays))
     log.info("flnorm run finished: results in %s", rundir.path)
     return rundir.path
 
