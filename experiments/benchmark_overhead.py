@@ -8,7 +8,9 @@ is one process with all torch threads; flnorm runs the clients in Ray actors.
     .venv/bin/python experiments/benchmark_overhead.py --rounds 12
 
 Prints start-up seconds, steady-state seconds per round (mean over rounds 2..R), their
-ratio flnorm / plain and training samples per second. The plain loop runs before and
+ratio flnorm / plain and training samples per second. Start-up is measured twice: from the
+``run_experiment`` call (torch already imported) and from the ``flnorm run`` command
+(a fresh process, 3 rounds), each to the end of round 1, less one steady round. The plain loop runs before and
 after flnorm; its steady figure is the mean of the two. On a CUDA machine both sides run
 on the GPU (``--device auto``) and flnorm shares it between virtual clients
 (``--num-gpus``, default 0.25: 4 clients per GPU); the benchmark then also prints
@@ -20,10 +22,15 @@ clients per GPU:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +110,22 @@ def flnorm_run(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     return startup, rounds
 
 
+def command_startup(cfg: ExperimentConfig, rounds: int = 3) -> float:
+    """``flnorm run`` in a fresh process: spawn to the end of round 1, less one steady round."""
+    args = []
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), f.name.replace("_", "-")
+        if f.name not in ("out", "rounds"):
+            args += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        t0 = time.time()
+        subprocess.run([sys.executable, "-m", "flnorm.cli", "run", *args, "--rounds", str(rounds), "--out", str(out)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        metrics = pd.read_csv(out / "metrics.csv")
+    return float(metrics["timestamp"].iloc[0]) - t0 - statistics.fmean(metrics["seconds"].iloc[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12)
@@ -136,6 +159,7 @@ def main() -> None:
     plain_start, plain_rounds = plain_loop(cfg)
     fl_start, fl_rounds = flnorm_run(cfg)
     _, plain_after = plain_loop(cfg)
+    cmd_start = command_startup(cfg)
     plain_each = [statistics.fmean(plain_rounds[1:]), statistics.fmean(plain_after[1:])]
     plain_steady = statistics.fmean(plain_each)
     fl_steady = statistics.fmean(fl_rounds[1:])
@@ -144,7 +168,8 @@ def main() -> None:
     print(f"\nwork per round: {cfg.clients} clients x {cfg.local_steps} steps x batch {cfg.batch_size}, "
           f"paper CNN ({cfg.norm}), {cfg.dataset}, {cfg.rounds} rounds, {where}")
     print(f"{'':24}{'flnorm':>10}{'plain':>10}{'ratio':>8}")
-    print(f"{'start-up s':24}{fl_start:10.2f}{plain_start:10.2f}")
+    print(f"{'start-up s (in process)':24}{fl_start:10.2f}{plain_start:10.2f}")
+    print(f"{'start-up s (command)':24}{cmd_start:10.2f}")
     print(f"{'steady s/round':24}{fl_steady:10.3f}{plain_steady:10.3f}{fl_steady / plain_steady:8.2f}")
     print(f"{'train samples/s':24}{samples / fl_steady:10.0f}{samples / plain_steady:10.0f}")
     print(f"{'round 1 s':24}{fl_rounds[0]:10.2f}{plain_rounds[0]:10.2f}")

@@ -1,12 +1,16 @@
-"""flnorm's simulation dispatcher takes the same messages as Flower's per-node polling."""
+"""flnorm's event-driven simulation flow: same messages as Flower's polling, woken by stores."""
 
-from flwr.app import ConfigRecord, Message, RecordDict
+import threading
+from queue import Queue
+from uuid import uuid4
+
 import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate import LinkStateFactory
-from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
@@ -83,10 +87,61 @@ def test_only_the_given_nodes_and_expired_messages_dropped(monkeypatch):
     assert dispatch.pending_messages(state, nodes) == []
 
 
-def test_install_replaces_the_engine_loop():
-    flower = vce_api.add_messages_to_queue
+@pytest.fixture
+def installed(monkeypatch):
+    """``dispatch.install()`` undone after the test; no fallback wake-up within the test."""
+    for owner, name in ((vce_api, "add_messages_to_queue"), (InMemoryLinkState, "store_message_ins"),
+                        (InMemoryLinkState, "store_message_res"), (InMemoryGrid, "send_and_receive")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    monkeypatch.setattr(dispatch, "FALLBACK_WAIT", 600.0)  # only a stored message can wake a wait
+    dispatch.install()
+
+
+def _reply(state, msg: Message) -> None:
+    reply = Message(RecordDict({"c": ConfigRecord({"from": msg.metadata.dst_node_id})}), reply_to=msg)
+    reply.metadata.__dict__["_message_id"] = str(uuid4())
+    assert state.store_message_res(reply)
+
+
+def test_install_replaces_flowers_loops(installed):
+    assert vce_api.add_messages_to_queue is dispatch.add_messages_to_queue
+    assert InMemoryGrid.send_and_receive is dispatch.send_and_receive
+
+
+def test_dispatcher_wakes_when_an_instruction_is_stored(installed):
+    state, grid, nodes = _link(2)
+    queue: Queue[Message] = Queue()
+    stop = threading.Event()
+    loop = threading.Thread(target=vce_api.add_messages_to_queue,
+                            args=(state, queue, dict.fromkeys(nodes, 0), stop))
+    loop.start()
     try:
-        dispatch.install()
-        assert vce_api.add_messages_to_queue is dispatch.add_messages_to_queue
+        for tag in ("first", "second"):  # the loop is asleep before each push
+            _push(grid, nodes, tag)
+            got = [queue.get(timeout=30) for _ in nodes]
+            assert {m.content["c"]["tag"] for m in got} == {tag}
+            assert sorted(m.metadata.dst_node_id for m in got) == sorted(nodes)
     finally:
-        vce_api.add_messages_to_queue = flower
+        stop.set()
+        dispatch.signals(state).instructions.set()
+        loop.join(timeout=30)
+    assert not loop.is_alive()
+
+
+def test_send_and_receive_wakes_on_each_reply_and_keeps_the_timeout(installed):
+    state, grid, nodes = _link(3)
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in nodes]
+
+    def clients() -> None:  # reply one by one, as the actors finish
+        for _ in nodes:
+            for msg in dispatch.pending_messages(state, nodes):
+                _reply(state, msg)
+
+    threading.Timer(0.05, clients).start()
+    replies = grid.send_and_receive(msgs, timeout=60)
+    assert sorted(r.content["c"]["from"] for r in replies) == sorted(nodes)
+    assert state.message_ins_store == {}  # pulled replies delete their instructions
+
+    late = grid.send_and_receive([Message(RecordDict(), dst_node_id=nodes[0], message_type="train")],
+                                 timeout=0.2)
+    assert late == []  # nobody replies: back after the timeout, not after FALLBACK_WAIT

@@ -6,7 +6,10 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -47,7 +50,11 @@ def start_ray(cfg: ExperimentConfig) -> bool:
         return False
     paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-    ray.init(include_dashboard=False, **backend_config(cfg)["init_args"])
+    with warnings.catch_warnings():
+        # Ray's notice that it may stop hiding GPUs from tasks that ask for none; flnorm
+        # relies on the hiding (a client with num-gpus=0 trains on the CPU).
+        warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
+        ray.init(include_dashboard=False, **backend_config(cfg)["init_args"])
     return True
 
 
@@ -89,16 +96,15 @@ def run_experiment(cfg: ExperimentConfig | None = None, **changes: object) -> pd
 
 
 def run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None = None) -> pd.DataFrame:
-    """Run a config returned by ``prepare``; ``client_app`` replaces flnorm's (fault tests)."""
-    from flwr.simulation import run_simulation
+    """Run a config returned by ``prepare``; ``client_app`` replaces flnorm's (fault tests).
 
-    from clients.client_app import app as flnorm_client_app
-    from flnorm.runner import dispatch, ray_backend
-    from flnorm.runner.server_app import make_server_app
-
-    dispatch.install()
-    ray_backend.install()
-    started = start_ray(cfg)
+    Flower's simulation modules (about 2 s of imports here) load in a thread while
+    ``ray.init`` waits for Ray's processes to come up.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flnorm-import") as pool:
+        flower_side = pool.submit(_import_flower_side)
+        started = start_ray(cfg)
+        run_simulation, flnorm_client_app, make_server_app = flower_side.result()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -109,11 +115,26 @@ def run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None = None) -> 
                 backend_config=backend_config(cfg),
             )
     finally:
+        from flnorm.runner import ray_backend
+
         if started and not ray_backend.keeping_ray():
             import ray
 
             ray.shutdown()  # Flower's backend normally has; a no-op then
     return load_metrics(cfg.out)
+
+
+def _import_flower_side() -> tuple[Callable[..., Any], ClientApp, Callable[[ExperimentConfig], Any]]:
+    """Import what ``run_prepared`` needs from Flower and install flnorm's engine changes."""
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import app as flnorm_client_app
+    from flnorm.runner import dispatch, ray_backend
+    from flnorm.runner.server_app import make_server_app
+
+    dispatch.install()
+    ray_backend.install()
+    return run_simulation, flnorm_client_app, make_server_app
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
