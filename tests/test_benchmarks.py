@@ -1,0 +1,55 @@
+"""The benchmarks in experiments/ run offline and print their figures (tiny sizes; slow)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _figure(out: str, label: str) -> list[float]:
+    line = next(ln for ln in out.splitlines() if ln.startswith(label))
+    return [float(x) for x in re.findall(r"\d+\.\d+", line[len(label):])]
+
+
+def test_overhead_benchmark_prints_ratio_and_both_startups():
+    out = _run("benchmark_overhead.py", "--rounds", "3", "--clients", "2", "--local-steps", "2")
+    fl, plain, ratio = _figure(out, "steady s/round")
+    assert fl > 0 and plain > 0 and ratio == pytest.approx(fl / plain, abs=0.01)
+    in_process, _plain_start = _figure(out, "start-up s (in process)")
+    (command,) = _figure(out, "start-up s (command)")
+    assert in_process > 0 and command > 0
+    assert "messages queued per Ray actor: 2" in out
+
+
+def test_scale_benchmark_writes_memory_trace(tmp_path):
+    trace = tmp_path / "rss.csv"
+    out = _run("benchmark_scale.py", "--clients", "4", "--rounds", "6", "--fraction", "0.5",
+               "--rss-csv", str(trace))
+    assert "MiB/round from round 3" in out and "peak GiB" in out
+    rss = pd.read_csv(trace)
+    assert set(rss["clients"]) == {4}
+    assert rss["round"].is_monotonic_increasing and rss["round"].max() >= 5
+    assert (rss["rss_gib"] > 0.1).all()  # the whole tree: driver, Ray daemons, actors
+
+
+def test_startup_timeline_marks_every_phase_in_order():
+    out = _run("startup_timeline.py", "--", "--clients", "2", "--local-steps", "2", "--rounds", "2")
+    labels = ["torch, flnorm imported", "ray.init: start", "ray.init: end", "Ray actors created: end",
+              "reply 1 stored", "round 1 ended", "round 2 ended"]
+    lines = out.splitlines()
+    at = {label: next(float(ln.split()[0]) for ln in lines if label in ln) for label in labels}
+    assert [at[label] for label in labels] == sorted(at[label] for label in labels)
+    assert "start-up (command to the end of round 1" in out
