@@ -1,4 +1,8 @@
-"""Two changes to Flower's Ray backend for in-process simulations.
+"""Three changes to Flower's Ray backend for in-process simulations.
+
+**A lighter actor class.** The pool's actors are ``flnorm.runner.actor.ClientActor``,
+Flower's ``ClientAppActor`` without the 1 s import of Flower's whole simulation runtime
+in every actor process (see that module).
 
 **A second message queued on every actor.** Flower 1.41 runs one ``worker`` thread per
 actor and hands each actor one message at a time: a thread takes an idle actor from the
@@ -27,18 +31,23 @@ from typing import Any
 
 import ray
 from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+from flnorm.runner.actor import ClientActor
 
 QUEUE_DEPTH = 2
-_flower_build = RayBackend.build
 _flower_terminate = RayBackend.terminate
 _keep_ray = False
 
 
 def _build(self: RayBackend, app_fn: Callable[[], Any]) -> None:
-    _flower_build(self, app_fn)
-    pool = self.pool
-    if pool is None:
-        return
+    """``RayBackend.build`` with flnorm's actor class, each actor listed ``QUEUE_DEPTH`` times."""
+    pool = BasicActorPool(
+        actor_type=ClientActor, client_resources=self.client_resources, actor_kwargs=self.actor_kwargs
+    )
+    pool.add_actors_to_pool(pool.actors_capacity)
+    self.pool = pool
+    self.app_fn = app_fn
     actors = list(pool.pool)
     pool.pool = [actor for _ in range(QUEUE_DEPTH) for actor in actors]
     pool.num_actors = len(pool.pool)  # Flower starts one worker thread per entry
@@ -55,7 +64,7 @@ def _terminate(self: RayBackend) -> None:
 
 
 def install() -> None:
-    """Apply both changes to simulations started in this process from now on."""
+    """Apply the changes to simulations started in this process from now on."""
     RayBackend.build = _build  # type: ignore[method-assign]
     RayBackend.terminate = _terminate  # type: ignore[method-assign]
 

@@ -1,0 +1,41 @@
+"""The Ray actor that runs flnorm's virtual clients: Flower's ``ClientAppActor``, lighter to import.
+
+Ray imports an actor class's module in every actor process. Flower's actor lives in
+``flwr.simulation.ray_transport.ray_actor``, and importing it runs
+``flwr/simulation/__init__.py``, which loads the whole simulation runtime (ServerApp
+machinery, LinkState, the SQL object store): about 1 s of CPU per actor, before its
+first client, of which an actor needs nothing. This module imports only what a client
+run needs (``flwr.app``, ``flwr.clientapp``); ``run`` and ``terminate`` are Flower's
+(``VirtualClientEngineActor`` in Flower 1.41), so the backend's pool drives it
+unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ray
+from flwr.app import Context, Message
+from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
+
+
+@ray.remote
+class ClientActor:
+    """Runs one ClientApp call per ``run``; Ray runs an actor's calls one at a time."""
+
+    def run(
+        self, client_app_fn: Callable[[], ClientApp], message: Message, cid: str, context: Context
+    ) -> tuple[str, Message, Context]:
+        """Pass ``message`` through the ClientApp; return ``(cid, reply, context)``."""
+        try:
+            app = client_app_fn()
+            reply = app(message=message, context=context)
+        except LoadClientAppError:
+            raise
+        except Exception as ex:  # noqa: BLE001 - Flower's contract: wrapped, re-raised
+            raise ClientAppException(str(ex)) from ex
+        return cid, reply, context
+
+    def terminate(self) -> None:
+        """Stop this actor (the backend's pool calls it at the end of a run)."""
+        ray.actor.exit_actor()

@@ -1,0 +1,57 @@
+"""flnorm's Ray actor: runs a ClientApp as Flower's actor does, without Flower's simulation runtime."""
+
+import os
+
+import pytest
+import ray
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.client_app import ClientAppException
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from flnorm.config import ExperimentConfig
+from flnorm.runner.actor import ClientActor
+from flnorm.runner.simulation import start_ray
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    assert start_ray(ExperimentConfig(ray_cpus=1)), "a Ray instance was already running"
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _server_identity(monkeypatch):
+    """Instructions are stamped with the sender's identity: the SuperLink's, as in a simulation."""
+    for name, value in (("_task_id", 11), ("_run_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def _call(actor, message_type: str, partition_id: int = 3):
+    from probe_client_app import app
+
+    msg = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=5, message_type=message_type)
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": partition_id}, state=RecordDict(),
+                      run_config={})
+    return ray.get(actor.run.remote(lambda: app, msg, str(partition_id), context))
+
+
+def test_actor_runs_the_client_app_in_its_own_process_without_flower_simulation(local_ray):
+    actor = ClientActor.remote()
+    cid, reply, context = _call(actor, "query")
+    metrics = reply.content["metrics"]
+    assert cid == "3" and metrics["partition_id"] == 3
+    assert metrics["pid"] != os.getpid()
+    assert metrics["flwr_simulation_imported"] == 0  # Flower's ClientAppActor module would import it
+    assert context.state["seen"]["calls"] == 1  # the context comes back updated
+    ray.kill(actor)
+
+
+def test_actor_wraps_client_errors_like_flowers_actor(local_ray):
+    actor = ClientActor.remote()
+    with pytest.raises(ClientAppException, match="injected failure in train"):
+        _call(actor, "train")
+    ray.kill(actor)
