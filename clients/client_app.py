@@ -14,6 +14,7 @@ personalized accuracy with them.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from functools import lru_cache
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -46,7 +47,26 @@ def _task(msg: Message, context: Context) -> tuple[ClientTask, ConfigRecord]:
             f"node has num-partitions={num_partitions} but the run has clients={cfg.clients}"
         )
     data_path = context.node_config.get("data-path")
-    return ClientTask(cfg, partition_id, str(data_path) if data_path else None), config
+    task = ClientTask(cfg, partition_id, str(data_path) if data_path else None, threads=actor_cpus())
+    return task, config
+
+
+def actor_cpus() -> int | None:
+    """The CPUs Ray gave this process's actor, or None outside a Ray actor.
+
+    In a simulation the actor's CPUs come from ``--num-cpus`` (``flnorm run``) or from
+    ``client-resources-num-cpus`` (``flwr run``'s federation config): torch's threads
+    follow what Ray actually assigned. A SuperNode's ClientApp process is no Ray actor
+    (Ray is not even imported there) and uses the run's ``num-cpus``.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    runtime = ray.get_runtime_context()
+    if runtime.get_actor_id() is None:  # a driver or a task, no actor
+        return None
+    cpus = runtime.get_assigned_resources().get("CPU", 0)
+    return max(1, round(cpus)) if cpus else None
 
 
 def _kept(context: Context, keys: frozenset[str]) -> dict | None:

@@ -8,11 +8,13 @@ Ray's daemons and actors) every 0.2 s.
     .venv/bin/python experiments/benchmark_scale.py --clients 10 100 1000 --rounds 10
 
 Prints, per size: steady seconds per round (mean of rounds 2..R), peak memory (sum of RSS
-over the tree: shared pages count once per process, so this overstates), and the tree's
-RSS after round 2 and after the last round, and the least-squares slope of the tree's RSS
-over rounds 3..R-1 and over the second half of the run, R/2..R-1, in MiB per round
-(memory must not grow with rounds: on a long run the second-half slope shows whether the
-early growth is warm-up). ``--rss-csv`` keeps the tree's RSS after every round.
+over the tree: shared pages count once per process, so this overstates), the tree's RSS
+after round 2 and after the last round, its PSS after the last round (proportional set
+size: each shared page split among the processes that map it, the tree's real
+footprint), and the least-squares slope of the tree's RSS over rounds 3..R-1 and over the
+second half of the run, R/2..R-1, in MiB per round (memory must not grow with rounds: on
+a long run the second-half slope shows whether the early growth is warm-up).
+``--rss-csv`` keeps the tree's RSS after every round.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import pandas as pd
 import psutil
 
 
-def tree_rss(root: psutil.Process) -> int:
+def tree_rss(root: psutil.Process, proportional: bool = False) -> int:
+    """Resident memory of ``root`` and its descendants; ``proportional``: PSS, shared pages split."""
     total = 0
     for p in [root, *root.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss if proportional else p.memory_info().rss
         except psutil.Error:
             pass
     return total
@@ -53,14 +56,16 @@ def run_size(clients: int, rounds: int, fraction: float, out: Path) -> tuple[dic
            "--eval-every", str(rounds), "--local-steps", "10", "--batch-size", "32", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = psutil.Process(proc.pid)
-    peak, after_round = 0, {}
+    peak, after_round, pss_after = 0, {}, {}
     metrics = out / "metrics.csv"
     while proc.poll() is None:
         rss = tree_rss(root)
         peak = max(peak, rss)
         if metrics.exists():
             done = sum(1 for _ in metrics.open()) - 1
-            after_round.setdefault(done, rss)
+            if done not in after_round:
+                after_round[done] = rss
+                pss_after[done] = tree_rss(root, proportional=True)  # slower: once a round
         time.sleep(0.2)
     if proc.returncode != 0:
         raise RuntimeError(f"{clients} clients: flnorm run exited {proc.returncode}")
@@ -75,6 +80,7 @@ def run_size(clients: int, rounds: int, fraction: float, out: Path) -> tuple[dic
         "GiB after round 2": after_round.get(2, float("nan")) / 2**30,
         f"GiB after round {half}": after_round.get(half, float("nan")) / 2**30,
         f"GiB after round {last}": after_round.get(last, float("nan")) / 2**30,
+        f"PSS GiB after round {last}": pss_after.get(last, float("nan")) / 2**30,
         "MiB/round from round 3": _slope_mib(after_round, 3, last),
         f"MiB/round from round {half}": _slope_mib(after_round, half, last),
     }, after_round

@@ -104,10 +104,14 @@ class ClientTask:
     data_path
         A site's own data (``flnorm.data.site`` format) instead of partition ``client`` of
         ``cfg.dataset``; inputs are still standardized with ``cfg.dataset``'s statistics.
+    threads
+        torch intra-op threads for this process (set once); default ``cfg.num_cpus``.
     """
 
-    def __init__(self, cfg: ExperimentConfig, client: int, data_path: str | None = None) -> None:
-        use_threads(cfg.num_cpus)
+    def __init__(
+        self, cfg: ExperimentConfig, client: int, data_path: str | None = None, threads: int | None = None
+    ) -> None:
+        use_threads(threads or cfg.num_cpus)
         self.cfg = cfg
         self.client = client
         self.device = resolve_device(cfg.device)

@@ -24,6 +24,14 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
+@app.query("threads")
+def threads(msg: Message, context: Context) -> Message:
+    """What flnorm's ClientApp would give torch here: the actor's CPUs."""
+    from clients.client_app import actor_cpus
+
+    return Message(RecordDict({"metrics": MetricRecord({"actor_cpus": actor_cpus() or 0})}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     raise RuntimeError("injected failure in train")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    assert start_ray(ExperimentConfig(ray_cpus=1)), "a Ray instance was already running"
+    assert start_ray(ExperimentConfig(ray_cpus=2)), "a Ray instance was already running"
     yield
     ray.shutdown()
 
@@ -54,4 +54,14 @@ def test_actor_wraps_client_errors_like_flowers_actor(local_ray):
     actor = ClientActor.remote()
     with pytest.raises(ClientAppException, match="injected failure in train"):
         _call(actor, "train")
+    ray.kill(actor)
+
+
+def test_client_threads_follow_the_cpus_ray_assigned(local_ray):
+    from clients.client_app import actor_cpus
+
+    actor = ClientActor.options(num_cpus=2).remote()
+    _, reply, _ = _call(actor, "query.threads")
+    assert reply.content["metrics"]["actor_cpus"] == 2  # not the run's num-cpus (1)
+    assert actor_cpus() is None  # the driver is no actor
     ray.kill(actor)
