@@ -4,7 +4,7 @@ Runs ``flnorm run`` in this fresh process (its arguments after ``--``; default: 
 CNN on mnist5k, 10 clients, classes-2, 3 rounds) and prints, in seconds since the process
 started, when each phase began and ended: torch and flnorm imported, the partition
 prepared, Flower's modules imported (in a thread, overlapping ``ray.init``), ``ray.init``,
-the Ray actors created, the first reply stored (the actors have imported torch and Flower
+the Ray actors created, the first reply stored (the actors have imported torch and flwr.clientapp
 and trained one client), and the end of each round.
 
     .venv/bin/python experiments/startup_timeline.py
@@ -52,7 +52,7 @@ def instrument_flower_side() -> None:
     def store_reply(self: Any, message: Any) -> Any:
         count[0] += 1
         if count[0] in (1, 2):
-            mark(f"reply {count[0]} stored (an actor imported torch + Flower and trained a client)")
+            mark(f"reply {count[0]} stored (an actor imported torch + flwr.clientapp and trained a client)")
         return store(self, message)
 
     InMemoryLinkState.store_message_res = store_reply  # type: ignore[method-assign]
