@@ -51,8 +51,9 @@ def _task(msg: Message, context: Context) -> tuple[ClientTask, ConfigRecord]:
     return task, config
 
 
+@lru_cache(maxsize=1)
 def actor_cpus() -> int | None:
-    """The CPUs Ray gave this process's actor, or None outside a Ray actor.
+    """The CPUs Ray gave this process's actor, or None outside a Ray actor (once per process).
 
     In a simulation the actor's CPUs come from ``--num-cpus`` (``flnorm run``) or from
     ``client-resources-num-cpus`` (``flwr run``'s federation config): torch's threads
