@@ -1,23 +1,31 @@
-"""The LN/FN paper's Table 4 layout on the embedded dataset, plus an lr sweep and seeds.
+"""The LN/FN paper's Table 4 on the embedded dataset, the BN strategies, seeds and an lr sweep.
 
-    .venv/bin/python experiments/reproduce_table4.py --rounds 30 --eval-every 5 --window 10
+    .venv/bin/python experiments/reproduce_table4.py            # runs what is missing, prints the tables
+    .venv/bin/python experiments/reproduce_table4.py --report-only
 
 Setup as in "Understanding the Role of Layer Normalization in Label-Skewed Federated
 Learning" (TMLR 2024): 10 clients, all every round, E = 10 local steps of batch 32, plain
 SGD lr 0.01, bias-free CNN with the norm after each activation, test set split like the
 train set, accuracy averaged over clients. The dataset is mnist5k (the paper: CIFAR-10),
-and the run is far shorter than the paper's 10,000 rounds.
+and the runs are far shorter than the paper's 10,000 rounds, but long enough to settle:
+``--rounds-classes1`` under one class per client, ``--rounds`` elsewhere.
 
-Writes three grids under ``--out`` (resumable: re-running skips finished cells) and
-prints the tables in Markdown: methods x partitions (seed 0), classes-1 with seeds
-(mean +- std), and the lr sweep under classes-1.
+Each grid runs under ``--out`` (resumable: re-running skips finished cells) and its
+``results.csv``/``rounds.csv`` are copied to ``--results`` (small files, kept in git), from
+which ``--report-only`` prints the tables in Markdown. Every figure is the mean of a
+cell's evaluations in its last ``--window`` rounds; *flatness* is that mean minus the mean
+of the ``--window`` rounds before, in points; a cell whose flatness exceeds 1 point
+is marked ``*`` (not flat).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,163 +40,202 @@ METHODS = {
     "FedLN": {"norm": "ln", "strategy": "fedavg"},
     "BN pooled": {"norm": "bn", "strategy": "fedavg-pooled"},
     "PreciseBN": {"norm": "bn", "strategy": "precisebn"},
+    "SiloBN": {"norm": "bn", "strategy": "silobn"},
+    "FixBN": {"norm": "bn", "strategy": "fixbn"},
 }
+TABLE4 = ["FedAvg", "FedGN", "FedAvg+BN", "FedBN", "FedFN", "FedLN", "BN pooled", "PreciseBN"]
+BN_TABLE = ["FedAvg+BN", "BN pooled", "FedBN", "SiloBN", "PreciseBN", "FixBN"]
 PARTITIONS = ["classes-1", "classes-2", "dirichlet-0.1"]
 # The paper's CIFAR-10 CNN numbers (Table 4): classes-1 / classes-2 / Dir(0.1).
 PAPER = {
     "FedAvg": (56.8, 71.8, 73.1), "FedGN": (77.2, 77.5, 79.2), "FedAvg+BN": (9.6, 24.6, 58.8),
     "FedBN": (10.0, 19.9, 41.3), "FedFN": (77.1, 76.7, 78.1), "FedLN": (77.7, 77.7, 79.9),
 }
+SEED_METHODS = ["FedAvg", "FedGN", "FedAvg+BN", "FedBN", "FedFN", "FedLN"]
 LR_METHODS = ["FedAvg", "FedLN", "FedFN"]
 LRS = [0.001, 0.01, 0.05, 0.1]
 SEEDS = [0, 1, 2]
+NOT_FLAT = 1.0  # points
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One ``run_grid`` call: methods crossed with ``axes`` at ``rounds`` rounds."""
+
+    name: str
+    methods: list[str]
+    rounds_key: str  # "classes1" or "other": which --rounds flag applies
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+GRIDS = [
+    Grid("methods-classes-1", TABLE4, "classes1", {"partition": ["classes-1"]}, {"diagnostics": True}),
+    Grid("methods-classes-2", TABLE4, "other", {"partition": ["classes-2"]}, {"diagnostics": True}),
+    Grid("methods-dirichlet-0.1", TABLE4, "other", {"partition": ["dirichlet-0.1"]}, {"diagnostics": True}),
+    Grid("bn-classes-1", ["SiloBN", "FixBN"], "classes1", {"partition": ["classes-1"]}),
+    Grid("seeds", SEED_METHODS, "classes1", {"partition": ["classes-1"], "seed": SEEDS[1:]}),
+    Grid("lr", LR_METHODS, "classes1", {"partition": ["classes-1"], "lr": [lr for lr in LRS if lr != 0.01]}),
+]
 
 
 def method_of(row: pd.Series) -> str:
     return next(k for k, v in METHODS.items() if v == {"norm": row["norm"], "strategy": row["strategy"]})
 
 
-def pct(values: pd.Series) -> str:
-    if len(values) > 1:
-        return f"{100 * values.mean():.1f} ± {100 * values.std(ddof=1):.1f}"
-    return f"{100 * values.iloc[0]:.1f}"
+def run(grid: Grid, args: argparse.Namespace) -> None:
+    rounds = args.rounds_classes1 if grid.rounds_key == "classes1" else args.rounds
+    base = ExperimentConfig(
+        clients=10, rounds=rounds, local_steps=10, batch_size=32, lr=0.01, bias=False,
+        precise_passes=0, eval_every=args.eval_every, **grid.base,
+    )
+    out = Path(args.out) / grid.name
+    run_grid(base, out=out, variants=[METHODS[m] for m in grid.methods], **grid.axes)
+    keep = Path(args.results) / grid.name
+    keep.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "rounds.csv"):
+        shutil.copyfile(out / name, keep / name)
 
 
-def settle(table: pd.DataFrame, grid_dir: Path, rounds: int, window: int) -> pd.DataFrame:
-    """Each cell's global and personalized accuracy as the mean of its evaluations in the
-    last ``window`` rounds (one round's figure under label skew swings by several points)."""
-    path = grid_dir / "rounds.csv"
-    if table.empty or not path.exists():
-        return table
-    curves = pd.read_csv(path).dropna(subset=["test_accuracy"])
-    late = curves[curves["round"] > rounds - window].groupby("cell")[["test_accuracy", "personal_accuracy"]].mean()
-    table = table.copy()
-    for col in late:
-        table[col] = table["cell"].map(late[col])
-    return table
-
-
-def print_trends(path: Path, rounds: int, window: int = 10) -> None:
-    """How flat each curve is: mean accuracy over the last ``window`` rounds minus the
-    mean over the ``window`` before (evaluated rounds only), in points."""
+def finished(grid: Grid, args: argparse.Namespace) -> bool:
+    """Whether the kept results already hold every cell of ``grid``, all rounds done."""
+    path = Path(args.results) / grid.name / "results.csv"
     if not path.exists():
-        return
-    curves = pd.read_csv(path).dropna(subset=["test_accuracy"])
-    curves["method"] = [method_of(row) for _, row in curves.iterrows()]
-    last = curves[curves["round"] > rounds - window]
-    before = curves[(curves["round"] > rounds - 2 * window) & (curves["round"] <= rounds - window)]
-    trend = 100 * (last.groupby(["method", "partition"])["test_accuracy"].mean()
-                   - before.groupby(["method", "partition"])["test_accuracy"].mean())
-    table = trend.unstack("partition").reindex(index=list(METHODS), columns=PARTITIONS)
-    print(f"\n### Trend: mean global accuracy over rounds {rounds - window + 1}-{rounds} minus "
-          f"rounds {rounds - 2 * window + 1}-{rounds - window} (points; near 0 = flat)\n")
-    print("| method | " + " | ".join(PARTITIONS) + " |\n" + "|---" * (len(PARTITIONS) + 1) + "|")
-    for method, row in table.iterrows():
-        print(f"| {method} | " + " | ".join("-" if pd.isna(v) else f"{v:+.1f}" for v in row) + " |")
+        return False
+    table = pd.read_csv(path)
+    cells = len(grid.methods) * len(pd.MultiIndex.from_product(list(grid.axes.values())))
+    rounds = args.rounds_classes1 if grid.rounds_key == "classes1" else args.rounds
+    done = table[(table["status"] == "finished") & (table["rounds"] >= rounds)]
+    return len(done) >= cells
 
 
-def print_features(path: Path, rounds: int, window: int) -> None:
-    """Feature-collapse diagnostics per method and partition over the last ``window`` rounds:
-    mean penultimate-feature norm after local training, and the top singular value's share
-    of the top five of one client's feature matrix (1.0 = every feature on one direction)."""
-    if not path.exists():
-        return
-    curves = pd.read_csv(path)
-    if "feature_norm" not in curves:
-        return
-    curves = curves[curves["round"] > rounds - window].copy()
-    curves["method"] = [method_of(row) for _, row in curves.iterrows()]
-    svs = curves[[f"sv{i}" for i in range(1, 6)]]
-    curves["sv1_share"] = svs["sv1"] / svs.sum(axis=1)
-    table = curves.groupby(["method", "partition"])[["feature_norm", "sv1_share"]].mean()
-    print(f"\n### Feature diagnostics, rounds {rounds - window + 1}-{rounds}: mean feature norm / "
-          "top singular value's share of the top five\n")
-    print("| method | " + " | ".join(PARTITIONS) + " |\n" + "|---" * (len(PARTITIONS) + 1) + "|")
-    for method in METHODS:
-        cells = []
-        for part in PARTITIONS:
-            if (method, part) in table.index:
-                norm, share = table.loc[(method, part)]
-                cells.append(f"{norm:.1f} / {share:.2f}")
-            else:
-                cells.append("-")
-        print(f"| {method} | " + " | ".join(cells) + " |")
+def curves(args: argparse.Namespace) -> pd.DataFrame:
+    """Every evaluated round of every kept grid, with ``method`` and the cell's defaults filled."""
+    frames = []
+    for grid in GRIDS:
+        path = Path(args.results) / grid.name / "rounds.csv"
+        if path.exists():
+            frame = pd.read_csv(path).dropna(subset=["test_accuracy"]).assign(grid=grid.name)
+            for col, default in (("seed", 0), ("lr", 0.01)):
+                frame[col] = frame[col] if col in frame else default
+            frames.append(frame)
+    if not frames:
+        raise SystemExit(f"no results under {args.results}: run without --report-only first")
+    data = pd.concat(frames, ignore_index=True)
+    data["method"] = [method_of(row) for _, row in data.iterrows()]
+    return data
+
+
+def settle(data: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Per cell: the mean of its last ``window`` rounds' evaluations (``global``,
+    ``personal``, ``union``, in %), the flatness against the ``window`` before, rounds, seconds."""
+    rows = []
+    for keys, cell in data.groupby(["method", "partition", "seed", "lr"]):
+        last_round = int(cell["round"].max())
+        late = cell[cell["round"] > last_round - window]
+        before = cell[(cell["round"] > last_round - 2 * window) & (cell["round"] <= last_round - window)]
+        rows.append(dict(
+            zip(("method", "partition", "seed", "lr"), keys, strict=True),
+            rounds=last_round, evaluations=len(late),
+            global_=100 * late["test_accuracy"].mean(), personal=100 * late["personal_accuracy"].mean(),
+            union=100 * late["union_accuracy"].mean(),
+            flatness=100 * (late["test_accuracy"].mean() - before["test_accuracy"].mean()),
+            seconds=cell["elapsed"].max() if "elapsed" in cell else float("nan"),
+        ))
+    return pd.DataFrame(rows)
+
+
+def fmt(value: float, flatness: float | None = None) -> str:
+    mark = "*" if flatness is not None and abs(flatness) > NOT_FLAT else ""
+    return f"{value:.1f}{mark}"
+
+
+def report(args: argparse.Namespace) -> None:
+    data = curves(args)
+    cells = settle(data, args.window).set_index(["method", "partition", "seed", "lr"])
+    w = args.window
+
+    def cell(method: str, partition: str = "classes-1", seed: int = 0, lr: float = 0.01) -> pd.Series | None:
+        key = (method, partition, seed, lr)
+        return cells.loc[key] if key in cells.index else None
+
+    print(f"\n### Table 4 layout: global accuracy % (mean of the evaluations in the last {w} rounds; "
+          f"flatness in brackets; * = not flat), paper's CIFAR-10 figure after the slash\n")
+    print("| method | " + " | ".join(PARTITIONS) + " | personalized, classes-1 |")
+    print("|---" * (len(PARTITIONS) + 2) + "|")
+    for method in TABLE4:
+        parts = []
+        for i, part in enumerate(PARTITIONS):
+            c = cell(method, part)
+            paper = f" / {PAPER[method][i]}" if method in PAPER else ""
+            parts.append("not run" if c is None else f"{fmt(c.global_, c.flatness)} ({c.flatness:+.1f}){paper}")
+        c1 = cell(method)
+        print(f"| {method} | " + " | ".join(parts) + f" | {'-' if c1 is None else fmt(c1.personal)} |")
+    rounds = {p: sorted({int(cells.xs(p, level='partition')['rounds'].max())}) for p in PARTITIONS
+              if p in cells.index.get_level_values("partition")}
+    print(f"\nrounds: {rounds}")
+
+    print(f"\n### BN strategies, classes-1: global / personalized / union accuracy % (last {w} rounds)\n")
+    print("| method | strategy | global | personalized | union | flatness | s |\n|---|---|---|---|---|---|---|")
+    for method in BN_TABLE:
+        c = cell(method)
+        if c is not None:
+            print(f"| {method} | `{METHODS[method]['strategy']}` | {fmt(c.global_, c.flatness)} | "
+                  f"{fmt(c.personal)} | {fmt(c.union)} | {c.flatness:+.1f} | {c.seconds:.0f} |")
+
+    print(f"\n### classes-1, seeds {SEEDS}: mean ± std over seeds of each cell's figure\n")
+    print("| method | global % | personalized % | max flatness |\n|---|---|---|---|")
+    for method in SEED_METHODS:
+        group = cells.loc[[k for k in cells.index if k[0] == method and k[1] == "classes-1" and k[3] == 0.01]]
+        if len(group):
+            sd = lambda s: f" ± {s.std(ddof=1):.1f}" if len(s) > 1 else ""  # noqa: E731
+            print(f"| {method} | {group.global_.mean():.1f}{sd(group.global_)} | "
+                  f"{group.personal.mean():.1f}{sd(group.personal)} | {group.flatness.abs().max():.1f} |")
+
+    print(f"\n### lr sweep, classes-1, seed 0: global accuracy % (flatness in brackets)\n")
+    print("| method | " + " | ".join(f"lr {lr}" for lr in LRS) + " |\n" + "|---" * (len(LRS) + 1) + "|")
+    for method in LR_METHODS:
+        row = [cell(method, lr=lr) for lr in LRS]
+        print(f"| {method} | " + " | ".join(
+            "-" if c is None else f"{fmt(c.global_, c.flatness)} ({c.flatness:+.1f})" for c in row) + " |")
+
+    if "feature_norm" in data:
+        feats = data[data["grid"].str.startswith("methods")].dropna(subset=["feature_norm"]).copy()
+        feats = feats[feats["round"] > feats.groupby("cell")["round"].transform("max") - w]
+        svs = feats[[f"sv{i}" for i in range(1, 6)]]
+        feats["sv1_share"] = svs["sv1"] / svs.sum(axis=1)
+        table = feats.groupby(["method", "partition"])[["feature_norm", "sv1_share"]].mean()
+        print(f"\n### Feature diagnostics (last {w} rounds): mean penultimate-feature norm / top singular "
+              "value's share of the top five\n")
+        print("| method | " + " | ".join(PARTITIONS) + " |\n" + "|---" * (len(PARTITIONS) + 1) + "|")
+        for method in TABLE4:
+            parts = [f"{table.loc[(method, p)].feature_norm:.1f} / {table.loc[(method, p)].sv1_share:.2f}"
+                     if (method, p) in table.index else "-" for p in PARTITIONS]
+            print(f"| {method} | " + " | ".join(parts) + " |")
+    total = data.groupby("cell")["elapsed"].max().sum() if "elapsed" in data else float("nan")
+    print(f"\n{len(cells)} cells, {total:.0f} s of rounds in all")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds-classes1", type=int, default=150, help="rounds under classes-1")
+    parser.add_argument("--rounds", type=int, default=100, help="rounds under the other partitions")
     parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N rounds and at the last")
-    parser.add_argument("--parallel", type=int, default=1)
-    parser.add_argument("--out", default="runs/table4")
-    parser.add_argument("--report-only", action="store_true",
-                        help="print the tables from the finished cells on disk; run nothing")
-    parser.add_argument("--window", type=int, default=10,
-                        help="report the mean of each cell's evaluations in the last N rounds")
-    parser.add_argument("--precise-passes", type=int, default=1,
-                        help="PreciseBN passes per round (0 = exact, one per BN layer; 1 is 3x cheaper)")
+    parser.add_argument("--window", type=int, default=20, help="rounds averaged for a cell's figure")
+    parser.add_argument("--out", default="runs/table4", help="the grids' run directories")
+    parser.add_argument("--results", default="experiments/results/table4",
+                        help="where each grid's results.csv and rounds.csv are kept")
+    parser.add_argument("--grids", nargs="+", default=[g.name for g in GRIDS], choices=[g.name for g in GRIDS])
+    parser.add_argument("--report-only", action="store_true", help="print the tables from --results; run nothing")
     args = parser.parse_args()
-    base = ExperimentConfig(clients=10, rounds=args.rounds, local_steps=10, batch_size=32, lr=0.01,
-                            bias=False, precise_passes=args.precise_passes, eval_every=args.eval_every)
-    out = Path(args.out)
     start = time.perf_counter()
-    grids = {
-        "methods": dict(base=base.replace(diagnostics=True), variants=list(METHODS.values()),
-                        partition=PARTITIONS, seed=[0]),
-        "seeds": dict(base=base, partition=["classes-1"], seed=SEEDS[1:],
-                      variants=[METHODS[m] for m in ("FedAvg", "FedGN", "FedAvg+BN", "FedBN", "FedFN", "FedLN")]),
-        "lr": dict(base=base, variants=[METHODS[m] for m in LR_METHODS], partition=["classes-1"],
-                   lr=[lr for lr in LRS if lr != 0.01]),
-    }
-    tables = {}
-    for name, spec in grids.items():
-        if args.report_only:
-            path = out / name / "results.csv"
-            tables[name] = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["norm", "strategy"])
-            tables[name] = tables[name][tables[name].get("status", pd.Series(dtype=str)) == "finished"]
-        else:
-            tables[name] = run_grid(out=out / name, parallel=args.parallel, **spec)
-        tables[name] = settle(tables[name], out / name, args.rounds, args.window)
-    main_grid, seeds, sweep = tables["methods"], tables["seeds"], tables["lr"]
-    seconds = time.perf_counter() - start
-    for table in (main_grid, seeds, sweep):
-        table["method"] = [method_of(row) for _, row in table.iterrows()]
-
-    late = f"mean of the evaluations in rounds {args.rounds - args.window + 1}-{args.rounds}"
-    print(f"\n### Methods x partitions (mnist5k, {args.rounds} rounds, seed 0): global accuracy %, "
-          f"{late}, paper's CIFAR-10 in brackets\n")
-    print("| method | " + " | ".join(PARTITIONS) + " | personalized classes-1 |")
-    print("|---" * (len(PARTITIONS) + 2) + "|")
-    for method in METHODS:
-        cells = []
-        for i, part in enumerate(PARTITIONS):
-            rows = main_grid[(main_grid["method"] == method) & (main_grid["partition"] == part)]
-            paper = f" ({PAPER[method][i]})" if method in PAPER else ""
-            if rows.empty:
-                cells.append("not run")
-            else:
-                row = rows.iloc[0]
-                cells.append(f"{100 * row['test_accuracy']:.1f}{paper}" if row["status"] == "finished" else "failed")
-        c1 = main_grid[(main_grid["method"] == method) & (main_grid["partition"] == "classes-1")]
-        personal = f"{100 * c1.iloc[0]['personal_accuracy']:.1f}" if len(c1) else "-"
-        print(f"| {method} | " + " | ".join(cells) + f" | {personal} |")
-
-    both = pd.concat([main_grid[main_grid["partition"] == "classes-1"], seeds])
-    print(f"\n### classes-1, seeds {SEEDS}: global accuracy % ({late}; mean ± std over seeds)\n")
-    print("| method | global | personalized |\n|---|---|---|")
-    for method, group in both.groupby("method", sort=False):
-        print(f"| {method} | {pct(group['test_accuracy'])} | {pct(group['personal_accuracy'])} |")
-
-    lrs = pd.concat([main_grid[(main_grid["partition"] == "classes-1") & main_grid["method"].isin(LR_METHODS)]
-                     .assign(lr=0.01), sweep])
-    print(f"\n### lr sweep, classes-1, seed 0: global accuracy % ({late})\n")
-    print("| method | " + " | ".join(f"lr {lr}" for lr in LRS) + " |\n" + "|---" * (len(LRS) + 1) + "|")
-    for method in LR_METHODS:
-        row = [lrs[(lrs["method"] == method) & (lrs["lr"] == lr)]["test_accuracy"] for lr in LRS]
-        print(f"| {method} | " + " | ".join(f"{100 * r.iloc[0]:.1f}" if len(r) else "-" for r in row) + " |")
-    print_trends(out / "methods" / "rounds.csv", args.rounds, args.window)
-    print_features(out / "methods" / "rounds.csv", args.rounds, args.window)
-    print(f"\n{seconds:.0f} s for this invocation ({len(main_grid) + len(seeds) + len(sweep)} cells)")
+    if not args.report_only:
+        for grid in GRIDS:
+            if grid.name in args.grids and not finished(grid, args):
+                run(grid, args)
+    report(args)
+    if not args.report_only:
+        print(f"{time.perf_counter() - start:.0f} s for this invocation")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def run_rounds(
     server-side evaluation, then ``checkpoint.pt``. Replies not back within
     ``cfg.round_timeout`` seconds count as failures.
     """
-    experiment = cfg.to_flat()
+    # proximal-mu is FedProx's instruction (Flower's FedProx adds it to its train config).
+    experiment = {k: v for k, v in cfg.to_flat().items() if k != "proximal-mu"}
     if first_round == 1:
         recorder(0, arrays)
     else:
