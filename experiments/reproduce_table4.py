@@ -10,9 +10,10 @@ train set, accuracy averaged over clients. The dataset is mnist5k (the paper: CI
 and the runs are far shorter than the paper's 10,000 rounds, but long enough to settle:
 ``--rounds-classes1`` under one class per client, ``--rounds`` elsewhere.
 
-Each grid runs under ``--out`` (resumable: re-running skips finished cells) and its
-``results.csv``/``rounds.csv`` are copied to ``--results`` (small files, kept in git), from
-which ``--report-only`` prints the tables in Markdown. Every figure is the mean of a
+Each cell runs under ``--out``; its per-round metrics are kept as one CSV under
+``--results`` (small files, kept in git). Re-running skips the cells kept there, so the
+reproduction can be spread over several sittings; ``--report-only`` prints the tables in
+Markdown from the kept files. Every figure is the mean of a
 cell's evaluations in its last ``--window`` rounds; *flatness* is that mean minus the mean
 of the ``--window`` rounds before, in points; a cell whose flatness exceeds 1 point
 is marked ``*`` (not flat).
@@ -21,6 +22,7 @@ is marked ``*`` (not flat).
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from flnorm import ExperimentConfig, run_grid
+from flnorm import ExperimentConfig, run_experiment
 
 METHODS = {
     "FedAvg": {"norm": "none", "strategy": "fedavg"},
@@ -60,7 +62,7 @@ NOT_FLAT = 1.0  # points
 
 @dataclass(frozen=True)
 class Grid:
-    """One ``run_grid`` call: methods crossed with ``axes`` at ``rounds`` rounds."""
+    """A group of cells: methods crossed with ``axes``, at ``rounds`` rounds."""
 
     name: str
     methods: list[str]
@@ -83,45 +85,61 @@ def method_of(row: pd.Series) -> str:
     return next(k for k, v in METHODS.items() if v == {"norm": row["norm"], "strategy": row["strategy"]})
 
 
+def cells_of(grid: Grid) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, config changes)`` of every cell of ``grid``."""
+    axes = list(grid.axes)
+    out = []
+    for method in grid.methods:
+        for combo in itertools.product(*grid.axes.values()):
+            values = dict(zip(axes, combo, strict=True))
+            name = ",".join([method.replace(" ", "-").replace("+", "-")] + [f"{k}={v}" for k, v in values.items()])
+            out.append((name, {**METHODS[method], **values}))
+    return out
+
+
+def kept(path: Path, rounds: int) -> bool:
+    """Whether ``path`` holds a finished cell's curve (all ``rounds`` rounds)."""
+    return path.exists() and int(pd.read_csv(path)["round"].max()) >= rounds
+
+
 def run(grid: Grid, args: argparse.Namespace) -> None:
+    """Run the cells of ``grid`` not yet kept under ``--results``; keep each one's curve."""
+    from flnorm.runner.ray_backend import keep_ray
+
     rounds = args.rounds_classes1 if grid.rounds_key == "classes1" else args.rounds
     base = ExperimentConfig(
         clients=10, rounds=rounds, local_steps=10, batch_size=32, lr=0.01, bias=False,
         precise_passes=0, eval_every=args.eval_every, **grid.base,
     )
-    out = Path(args.out) / grid.name
-    run_grid(base, out=out, variants=[METHODS[m] for m in grid.methods], **grid.axes)
     keep = Path(args.results) / grid.name
     keep.mkdir(parents=True, exist_ok=True)
-    for name in ("results.csv", "rounds.csv"):
-        shutil.copyfile(out / name, keep / name)
-
-
-def finished(grid: Grid, args: argparse.Namespace) -> bool:
-    """Whether the kept results already hold every cell of ``grid``, all rounds done."""
-    path = Path(args.results) / grid.name / "results.csv"
-    if not path.exists():
-        return False
-    table = pd.read_csv(path)
-    cells = len(grid.methods) * len(pd.MultiIndex.from_product(list(grid.axes.values())))
-    rounds = args.rounds_classes1 if grid.rounds_key == "classes1" else args.rounds
-    done = table[(table["status"] == "finished") & (table["rounds"] >= rounds)]
-    return len(done) >= cells
+    with keep_ray():  # one Ray instance for every cell
+        for name, changes in cells_of(grid):
+            path = keep / f"{name}.csv"
+            if kept(path, rounds):
+                continue
+            out = Path(args.out) / grid.name / name
+            if out.exists():
+                shutil.rmtree(out)  # an interrupted attempt
+            try:
+                metrics = run_experiment(base.replace(out=str(out), **changes))
+            except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
+                print(f"cell {grid.name}/{name} failed: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            full = {"seed": 0, "lr": 0.01, **changes}
+            metrics.assign(cell=name, **full).to_csv(path, index=False)
+            print(f"kept {path}", flush=True)
 
 
 def curves(args: argparse.Namespace) -> pd.DataFrame:
-    """Every evaluated round of every kept grid, with ``method`` and the cell's defaults filled."""
-    frames = []
-    for grid in GRIDS:
-        path = Path(args.results) / grid.name / "rounds.csv"
-        if path.exists():
-            frame = pd.read_csv(path).dropna(subset=["test_accuracy"]).assign(grid=grid.name)
-            for col, default in (("seed", 0), ("lr", 0.01)):
-                frame[col] = frame[col] if col in frame else default
-            frames.append(frame)
+    """Every evaluated round of every kept cell, with its ``method`` and ``grid``."""
+    frames = [
+        pd.read_csv(path).assign(grid=grid.name)
+        for grid in GRIDS for path in sorted((Path(args.results) / grid.name).glob("*.csv"))
+    ]
     if not frames:
         raise SystemExit(f"no results under {args.results}: run without --report-only first")
-    data = pd.concat(frames, ignore_index=True)
+    data = pd.concat(frames, ignore_index=True).dropna(subset=["test_accuracy"])
     data["method"] = [method_of(row) for _, row in data.iterrows()]
     return data
 
@@ -231,7 +249,7 @@ def main() -> None:
     start = time.perf_counter()
     if not args.report_only:
         for grid in GRIDS:
-            if grid.name in args.grids and not finished(grid, args):
+            if grid.name in args.grids:
                 run(grid, args)
     report(args)
     if not args.report_only:
