@@ -1,19 +1,17 @@
 """flnorm's Flower ClientApp (Message API).
 
-Each message carries the experiment config (``ExperimentConfig.to_flat()``) in its
-ConfigRecord, next to keys the strategy adds (``server-round``, ``proximal-mu``,
-``bn-frozen``). The client's partition comes from ``context.node_config``
-(``partition-id``, ``num-partitions``), set by the simulation engine or by
-``flower-supernode --node-config``; a node with ``data-path=/site.npz`` trains on that
-file instead (``flnorm.data.site``), ``partition-id`` then only naming the client.
-The client's own BN tensors persist across rounds in
-``context.state``: FedBN/SiloBN train with them, and every client reports a
-personalized accuracy with them.
+Every message carries the run's experiment in its ``experiment`` record and the
+strategy's instructions in its ``config`` record (``flnorm.protocol``); a client refuses
+instruction keys its message type does not define. The client's partition comes from
+``context.node_config`` (``partition-id``, ``num-partitions``), set by the simulation
+engine or by ``flower-supernode --node-config``; a node with ``data-path=/site.npz``
+trains on that file instead (``flnorm.data.site``), ``partition-id`` then only naming
+the client. The client's own BN tensors persist across rounds in ``context.state``:
+FedBN/SiloBN train with them, and every client reports a personalized accuracy with them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from functools import lru_cache
 
@@ -22,12 +20,14 @@ from flwr.clientapp import ClientApp
 
 from flnorm.bn.precise import moments_to_arrays
 from flnorm.config import ExperimentConfig
-from flnorm.runner.arrays import torch_state
+from flnorm.protocol import (
+    ACCEPTED, BN_FROZEN, BN_MOMENTS, CLIENT, EXPERIMENT, INSTRUCTIONS, METRICS, MODEL, MOMENTS,
+    NUM_EXAMPLES, PROXIMAL_MU, SERVER_ROUND,
+)
+from flnorm.records import torch_state
 from flnorm.task import ClientTask, personal_keys
 
-BN_STATE = "flnorm.bn"
-MOMENTS_ACTION = "bn_moments"
-_FIELDS = frozenset(f.name.replace("_", "-") for f in dataclasses.fields(ExperimentConfig))
+BN_STATE = "flnorm.bn"  # the client's own BN tensors in context.state
 
 app = ClientApp()
 
@@ -37,9 +37,21 @@ def _parse(items: tuple[tuple[str, object], ...]) -> ExperimentConfig:
     return ExperimentConfig.from_flat(dict(items))
 
 
+def instructions(msg: Message) -> ConfigRecord:
+    """The strategy's instructions, after checking every key is defined for this message type."""
+    config: ConfigRecord = msg.content[INSTRUCTIONS]
+    accepted = ACCEPTED[msg.metadata.message_type]
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{msg.metadata.message_type} message carries instruction keys {unknown} that it does not "
+            f"define (valid: {sorted(accepted)}); see flnorm.protocol"
+        )
+    return config
+
+
 def _task(msg: Message, context: Context) -> tuple[ClientTask, ConfigRecord]:
-    config: ConfigRecord = msg.content["config"]
-    cfg = _parse(tuple(sorted((k, v) for k, v in config.items() if k in _FIELDS)))
+    cfg = _parse(tuple(sorted(msg.content[EXPERIMENT].items())))
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     if num_partitions != cfg.clients:
@@ -48,7 +60,7 @@ def _task(msg: Message, context: Context) -> tuple[ClientTask, ConfigRecord]:
         )
     data_path = context.node_config.get("data-path")
     task = ClientTask(cfg, partition_id, str(data_path) if data_path else None, threads=actor_cpus())
-    return task, config
+    return task, instructions(msg)
 
 
 @lru_cache(maxsize=1)
@@ -82,16 +94,17 @@ def _kept(context: Context, keys: frozenset[str]) -> dict | None:
 def train(msg: Message, context: Context) -> Message:
     """Load the global model (and the client's own BN where it stays local), train, reply."""
     task, config = _task(msg, context)
-    task.load(torch_state(msg.content["arrays"]), overlay=_kept(context, task.local_keys))
+    task.load(torch_state(msg.content[MODEL]), overlay=_kept(context, task.local_keys))
+    server_round = int(config[SERVER_ROUND])
     metrics = task.fit(
-        int(config["server-round"]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        bn_frozen=bool(config.get("bn-frozen", False)),
+        server_round,
+        proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
+        bn_frozen=bool(config.get(BN_FROZEN, False)),
     )
     if task.layout:
         context.state[BN_STATE] = ArrayRecord(task.bn_state())
-    metrics["server-round"] = int(config["server-round"])
-    content = RecordDict({"arrays": ArrayRecord(task.shared_state()), "metrics": MetricRecord(metrics)})
+    metrics[SERVER_ROUND] = server_round
+    content = RecordDict({MODEL: ArrayRecord(task.shared_state()), METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -104,7 +117,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     client's own BN state (FedBN: its BN modules; otherwise its running statistics).
     """
     task, config = _task(msg, context)
-    received = torch_state(msg.content["arrays"])
+    received = torch_state(msg.content[MODEL])
     mode = task.cfg.bn_eval_mode
     own = _kept(context, personal_keys(task.cfg))
     task.load(received, overlay=own if mode == "local" else None)
@@ -118,18 +131,18 @@ def evaluate(msg: Message, context: Context) -> Message:
         "test_accuracy": result.accuracy if result.n else 0.0,
         "personal_loss": personal.loss if personal.n else 0.0,
         "personal_accuracy": personal.accuracy if personal.n else 0.0,
-        "num-examples": result.n,
-        "client": task.client,
-        "server-round": int(config["server-round"]),
+        NUM_EXAMPLES: result.n,
+        CLIENT: task.client,
+        SERVER_ROUND: int(config[SERVER_ROUND]),
     }
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.query(MOMENTS_ACTION)
+@app.query(BN_MOMENTS.split(".", 1)[1])
 def bn_moments(msg: Message, context: Context) -> Message:
     """PreciseBN pass: per-BN-layer (n, mean, var) of the received model over local data."""
     task, _ = _task(msg, context)
-    task.load(torch_state(msg.content["arrays"]))
+    task.load(torch_state(msg.content[MODEL]))
     moments = {k: Array(v) for k, v in moments_to_arrays(task.moments()).items()}
-    metrics = MetricRecord({"num-examples": len(task.data.train_y), "client": task.client})
-    return Message(RecordDict({"moments": ArrayRecord(moments), "metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({NUM_EXAMPLES: len(task.data.train_y), CLIENT: task.client})
+    return Message(RecordDict({MOMENTS: ArrayRecord(moments), METRICS: metrics}), reply_to=msg)

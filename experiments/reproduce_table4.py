@@ -210,7 +210,7 @@ def report(args: argparse.Namespace) -> None:
             print(f"| {method} | {group.global_.mean():.1f}{sd(group.global_)} | "
                   f"{group.personal.mean():.1f}{sd(group.personal)} | {group.flatness.abs().max():.1f} |")
 
-    print(f"\n### lr sweep, classes-1, seed 0: global accuracy % (flatness in brackets)\n")
+    print("\n### lr sweep, classes-1, seed 0: global accuracy % (flatness in brackets)\n")
     print("| method | " + " | ".join(f"lr {lr}" for lr in LRS) + " |\n" + "|---" * (len(LRS) + 1) + "|")
     for method in LR_METHODS:
         row = [cell(method, lr=lr) for lr in LRS]

@@ -3,77 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
-from flnorm.config import BN_EVAL, DEVICES, STRATEGIES, ExperimentConfig
-from flnorm.data.datasets import DATASETS
-from flnorm.data.partition import PARTITION_FORMS
+from flnorm.config import ExperimentConfig
 from flnorm.errors import ConfigError
-from flnorm.models.registry import MODELS
-from flnorm.norms import NORM_CHOICES, POSITIONS
 
-HELP = {
-    "dataset": f"dataset: {' | '.join(DATASETS)} (mnist5k is embedded, offline)",
-    "model": f"model: {' | '.join(MODELS)}",
-    "norm": f"normalization: {' | '.join(NORM_CHOICES)} (BODY+fn adds FN before the head)",
-    "gn_groups": "groups for gn (1 = LayerNorm, C = InstanceNorm; the LN/FN paper uses 2)",
-    "norm_position": f"body norm {' | '.join(POSITIONS)} the activation (cnn, mlp)",
-    "bias": "give convs and linears biases (the LN/FN paper removes them)",
-    "strategy": f"strategy: {' | '.join(STRATEGIES)}",
-    "partition": f"partition: {' | '.join(PARTITION_FORMS)}",
-    "clients": "number of clients (virtual SuperNodes)",
-    "rounds": "federated rounds",
-    "local_steps": "local SGD steps (batches) per client per round",
-    "batch_size": "batch size",
-    "lr": "client learning rate (plain SGD)",
-    "momentum": "client SGD momentum",
-    "weight_decay": "client weight decay",
-    "proximal_mu": "FedProx proximal weight mu (strategy fedprox)",
-    "server_lr": "server learning rate eta (fedadam, fedyogi)",
-    "fixbn_rounds": "fixbn: rounds before BN statistics are frozen (0 = half of --rounds)",
-    "precise_passes": "precisebn: statistics passes per round (0 = one per BN layer, exact)",
-    "bn_eval": f"BN statistics for the global evaluation: {' | '.join(BN_EVAL)} "
-               "(auto: precise for precisebn, batch for fedbn/silobn, else global)",
-    "diagnostics": "log feature-collapse diagnostics (penultimate feature norm, top singular values)",
-    "min_replies": "train replies a round needs to update the model (fewer: the model is kept)",
-    "round_timeout": "seconds to wait for a phase's replies; late ones count as failures",
-    "resume": "continue the run in --out after its last checkpointed round (same config)",
-    "eval_every": "evaluate every N rounds and at the last (skipped rounds: empty test columns)",
-    "channels_last": "conv weights and inputs in channels-last memory format (faster convolutions)",
-    "fraction_train": "fraction of clients sampled for training each round",
-    "fraction_evaluate": "fraction of clients sampled for evaluation (when a round evaluates)",
-    "seed": "seed for partition, model init and client batches",
-    "device": f"device: {' | '.join(DEVICES)}",
-    "num_cpus": "CPUs per virtual client (Ray actor); torch threads match it",
-    "ray_cpus": "CPUs Ray may use for the whole simulation (0 = all of this machine's)",
-    "num_gpus": "GPUs per virtual client, fractional to share a GPU (e.g. 0.25)",
-    "data_dir": "where torchvision datasets live / are downloaded",
-    "download": "download torchvision datasets when missing",
-    "out": "run directory (default runs/<name>-<timestamp>)",
-    "node_timeout": "seconds the server waits for all clients' nodes to connect",
+GROUP_TITLES = {
+    "experiment": "the experiment (what defines the science)",
+    "strategy": "strategy parameters (stay on the server; clients get the strategy's instructions)",
+    "execution": "execution (devices, resources, paths, timeouts; a resumed run may change them)",
 }
 
 
-def _config_options(p: argparse.ArgumentParser, multi: bool) -> None:
-    """One option per ExperimentConfig field; with ``multi`` each takes several values."""
+def _config_options(parser: argparse.ArgumentParser, multi: bool) -> None:
+    """One option per ExperimentConfig field, grouped; with ``multi`` each takes several values."""
     defaults = ExperimentConfig()
+    groups = {name: parser.add_argument_group(title) for name, title in GROUP_TITLES.items()}
     for f in dataclasses.fields(ExperimentConfig):
         if multi and f.name == "out":
             continue
+        p = groups[f.metadata["group"]]
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         kind = {"int": int, "float": float, "str": str, "bool": _boolean}[f.type]
+        text = f.metadata["help"]
         if multi:
             p.add_argument(flag, type=kind, nargs="+", default=None, metavar=f.name.upper(),
-                           help=f"{HELP[f.name]} (default: {default!r})")
+                           help=f"{text} (default: {default!r})")
         elif f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            p.add_argument(flag, type=kind, default=default, help=f"{HELP[f.name]} (default: {default!r})")
+            p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default!r})")
 
 
 def _boolean(text: str) -> bool:

@@ -1,75 +1,102 @@
-"""Experiment configuration: one frozen dataclass, validated in one place."""
+"""Experiment configuration: one frozen dataclass, validated in one place.
+
+Every field carries its help text (read by the CLI, the Flower run-config check and the
+README's flag table, ``flnorm.docs``) and its group:
+
+- ``experiment``: what defines the science; travels to the clients in the experiment record;
+- ``strategy``: a strategy's own parameters; they stay on the server, and a client learns
+  what its strategy wants only from the strategy's instructions (``flnorm.protocol``);
+- ``execution``: how the run is executed (devices, resources, paths, timeouts); a resumed
+  run may change them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from flnorm.data.datasets import check_dataset_name
-from flnorm.data.partition import PartitionSpec
+from flnorm.data.datasets import DATASETS, check_dataset_name
+from flnorm.data.partition import PARTITION_FORMS, PartitionSpec
 from flnorm.errors import ConfigError, unknown_choice
 from flnorm.models.registry import MODELS
-from flnorm.norms import NormSpec
+from flnorm.norms import NORM_CHOICES, POSITIONS, NormSpec
+from flnorm.protocol import CONTRACTS, StrategyContract, contract
 
-# Names of the Flower strategies in ``strategies/`` (the registry there must match).
-STRATEGIES: tuple[str, ...] = (
-    "fedavg", "fedavg-pooled", "fedbn", "silobn", "fixbn", "precisebn", "fedprox", "fedadam", "fedyogi",
-)
-# What of each BN module stays on the client: every tensor, or the statistics only.
-LOCAL_BN: dict[str, str] = {"fedbn": "module", "silobn": "stats"}
+STRATEGIES: tuple[str, ...] = tuple(CONTRACTS)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # BN statistics used by the global evaluation (``local``: each client's own).
 BN_EVAL: tuple[str, ...] = ("auto", "global", "precise", "batch", "local")
+GROUPS: tuple[str, ...] = ("experiment", "strategy", "execution")
+
+
+def _field(default: Any, help: str, group: str = "experiment") -> Any:  # noqa: A002 - argparse's word
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+def _choices(names: Any) -> str:
+    return " | ".join(names)
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything that defines one federated run.
+    """Everything that defines one federated run, and how it is executed.
 
     Field names are the CLI flags (``--local-steps``) and the Flower run-config keys
-    (``local-steps``) with dashes in place of underscores.
+    (``local-steps``) with dashes in place of underscores; each field's help and group
+    are in its metadata (``help``, ``group``).
     """
 
-    dataset: str = "mnist5k"
-    model: str = "cnn"
-    norm: str = "none"
-    gn_groups: int = 2
-    norm_position: str = "after"
-    bias: bool = False
-    strategy: str = "fedavg"
-    partition: str = "classes-2"
-    clients: int = 10
-    rounds: int = 20
-    local_steps: int = 10
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    proximal_mu: float = 0.01
-    server_lr: float = 0.01
-    fixbn_rounds: int = 0
-    precise_passes: int = 0
-    bn_eval: str = "auto"
-    diagnostics: bool = False
-    eval_every: int = 1
-    channels_last: bool = True
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    num_cpus: int = 1
-    num_gpus: float = 0.0
-    ray_cpus: int = 0
-    data_dir: str = "data"
-    download: bool = True
-    out: str = ""
-    node_timeout: float = 120.0
-    min_replies: int = 1
-    round_timeout: float = 3600.0
-    resume: bool = False
+    dataset: str = _field("mnist5k", f"dataset: {_choices(DATASETS)} (mnist5k is embedded, offline)")
+    model: str = _field("cnn", f"model: {_choices(MODELS)}")
+    norm: str = _field("none", f"normalization: {_choices(NORM_CHOICES)} (BODY+fn adds FN before the head)")
+    gn_groups: int = _field(2, "groups for gn (1 = LayerNorm, C = InstanceNorm; the LN/FN paper uses 2)")
+    norm_position: str = _field("after", f"body norm {_choices(POSITIONS)} the activation (cnn, mlp)")
+    bias: bool = _field(False, "give convs and linears biases (the LN/FN paper removes them)")
+    strategy: str = _field("fedavg", f"strategy: {_choices(CONTRACTS)}")
+    partition: str = _field("classes-2", f"partition: {_choices(PARTITION_FORMS)} (test sets split alike)")
+    clients: int = _field(10, "number of clients (virtual SuperNodes)")
+    rounds: int = _field(20, "federated rounds")
+    local_steps: int = _field(10, "local SGD steps (batches) per client per round")
+    batch_size: int = _field(32, "local batch size")
+    lr: float = _field(0.01, "client learning rate (plain SGD)")
+    momentum: float = _field(0.0, "client SGD momentum")
+    weight_decay: float = _field(0.0, "client weight decay")
+    proximal_mu: float = _field(0.01, "fedprox: proximal weight mu", "strategy")
+    server_lr: float = _field(0.01, "fedadam, fedyogi: server learning rate eta", "strategy")
+    fixbn_rounds: int = _field(0, "fixbn: rounds before BN statistics are frozen (0 = half of rounds)", "strategy")
+    precise_passes: int = _field(0, "precisebn: statistics passes per round (0 = one per BN layer, exact)",
+                                 "strategy")
+    bn_eval: str = _field("auto", f"BN statistics of the global evaluation: {_choices(BN_EVAL)} "
+                          "(auto: precise for precisebn, batch for fedbn/silobn, else global)")
+    diagnostics: bool = _field(False, "log feature-collapse diagnostics (penultimate feature norm, "
+                               "top singular values) in every round that evaluates")
+    eval_every: int = _field(1, "evaluate every N rounds and at the last (the rounds between leave "
+                             "the test columns empty)")
+    fraction_train: float = _field(1.0, "fraction of clients sampled for training each round")
+    fraction_evaluate: float = _field(1.0, "fraction of clients sampled for evaluation (when a round evaluates)")
+    seed: int = _field(0, "seed for partition, model init and client batches")
+    channels_last: bool = _field(True, "conv weights and inputs in channels-last memory format "
+                                 "(faster convolutions, same numbers to float rounding)", "execution")
+    device: str = _field("auto", f"device: {_choices(DEVICES)}", "execution")
+    num_cpus: int = _field(1, "CPUs per virtual client (Ray actor); its torch threads follow them",
+                           "execution")
+    num_gpus: float = _field(0.0, "GPUs per virtual client, fractional to share a GPU (e.g. 0.25)",
+                             "execution")
+    ray_cpus: int = _field(0, "CPUs Ray may use for the whole simulation (0 = all of this machine's)",
+                           "execution")
+    data_dir: str = _field("data", "where torchvision datasets live / are downloaded", "execution")
+    download: bool = _field(True, "download torchvision datasets when missing", "execution")
+    out: str = _field("", "run directory (default runs/<name>-<timestamp>)", "execution")
+    node_timeout: float = _field(120.0, "seconds the server waits for all clients' nodes to connect",
+                                 "execution")
+    min_replies: int = _field(1, "sound train replies a round needs to update the model (fewer: "
+                              "the model is kept)", "execution")
+    round_timeout: float = _field(3600.0, "seconds to wait for a phase's replies; late ones count as "
+                                  "failures", "execution")
+    resume: bool = _field(False, "continue the run in --out after its last checkpointed round", "execution")
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
@@ -118,6 +145,11 @@ class ExperimentConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
     @property
+    def contract(self) -> StrategyContract:
+        """The strategy's row of the server-client contract."""
+        return contract(self.strategy)
+
+    @property
     def norm_spec(self) -> NormSpec:
         return NormSpec.parse(self.norm, groups=self.gn_groups, position=self.norm_position)
 
@@ -136,7 +168,7 @@ class ExperimentConfig:
             return self.bn_eval
         if self.strategy == "precisebn":
             return "precise"
-        return "batch" if self.strategy in LOCAL_BN else "global"
+        return "batch" if self.contract.bn_local else "global"
 
     def evaluates(self, server_round: int) -> bool:
         """Whether round ``server_round`` evaluates: every ``eval_every``-th and the last."""
@@ -159,9 +191,19 @@ class ExperimentConfig:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
-    def to_flat(self) -> dict[str, Any]:
-        """Flower run-config form: dashed keys, scalar values."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+    def to_flat(self, groups: tuple[str, ...] = GROUPS) -> dict[str, Any]:
+        """Flower run-config form: dashed keys, scalar values (the fields of ``groups``)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)
+                if f.metadata["group"] in groups}
+
+    def client_record(self) -> dict[str, Any]:
+        """What travels to the clients: every field but the strategy parameters."""
+        return self.to_flat(("experiment", "execution"))
+
+    def differs_from(self, other: ExperimentConfig) -> list[str]:
+        """Flags of the experiment and strategy fields whose values differ (execution ignored)."""
+        return [f.name.replace("_", "-") for f in fields(self)
+                if f.metadata["group"] != "execution" and getattr(self, f.name) != getattr(other, f.name)]
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any]) -> ExperimentConfig:

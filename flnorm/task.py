@@ -16,13 +16,14 @@ from torch import nn
 
 from flnorm.bn.layout import BNLayout
 from flnorm.bn.moments import Moments, collect_moments
-from flnorm.config import LOCAL_BN, ExperimentConfig
+from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.data.federated import ClientData, client_data
 from flnorm.data.site import load_site_data
 from flnorm.device import configure_backends, place, resolve_device
 from flnorm.diagnostics import feature_diagnostics
 from flnorm.models import build_model
+from flnorm.protocol import CLIENT, NUM_EXAMPLES
 from flnorm.training import EVAL_BATCH, EvalResult, Standardize, evaluate, train_local
 
 _threads_set = False
@@ -70,12 +71,8 @@ def bn_layout(cfg: ExperimentConfig) -> BNLayout:
 
 
 def local_keys(cfg: ExperimentConfig) -> frozenset[str]:
-    """State keys that never leave the client under ``cfg.strategy`` (FedBN, SiloBN)."""
-    scope = LOCAL_BN.get(cfg.strategy)
-    if scope is None:
-        return frozenset()
-    layout = bn_layout(cfg)
-    return layout.module_keys if scope == "module" else layout.stat_keys
+    """State keys that never leave the client under ``cfg.strategy`` (its contract's ``bn_local``)."""
+    return bn_layout(cfg).local_keys(cfg.contract.bn_local)
 
 
 def personal_keys(cfg: ExperimentConfig) -> frozenset[str]:
@@ -169,8 +166,8 @@ class ClientTask:
         )
         metrics: dict[str, float | int] = {
             "train_loss": result.loss,
-            "num-examples": len(self.data.train_y),
-            "client": self.client,
+            NUM_EXAMPLES: len(self.data.train_y),
+            CLIENT: self.client,
             "fit_seconds": time.perf_counter() - start,
         }
         if cfg.diagnostics and cfg.evaluates(server_round):

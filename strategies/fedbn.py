@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from flnorm.bn.layout import BNLayout
-from strategies._keep_local import KeepLocal
+from flnorm.protocol import CONTRACTS
 from strategies.fedavg import FedAvg
 
 
-class FedBN(KeepLocal, FedAvg):
+class FedBN(FedAvg):
     """FedAvg over every tensor that is not part of a BN module."""
 
     def __init__(self, *, layout: BNLayout, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.local_keys = layout.module_keys
+        super().__init__(layout=layout, local_keys=layout.local_keys(CONTRACTS["fedbn"].bn_local), **kwargs)

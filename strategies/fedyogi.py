@@ -1,12 +1,18 @@
-"""``fedyogi``: Flower's FedYogi on the trainable parameters; BN statistics pooled, never stepped."""
+"""``fedyogi``: Yogi on the server (Reddi et al., 2021), trainable parameters only.
+
+Flower's FedYogi rule: ``v = v - (1 - b2) delta^2 sign(v - delta^2)`` and the step
+``eta``. BN statistics are pooled, never stepped (``strategies.fedopt``).
+"""
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedYogi as FlowerFedYogi
+import numpy as np
 
-from strategies._schedule import EvaluationSchedule
-from strategies._server_optimizer import TrainableOnly
+from strategies.fedopt import FedOpt
 
 
-class FedYogi(EvaluationSchedule, TrainableOnly, FlowerFedYogi):
-    """Yogi server optimizer (Reddi et al., 2021) that leaves BN buffers to exact pooling."""
+class FedYogi(FedOpt):
+    """Yogi server optimizer that leaves BN buffers to exact pooling."""
+
+    def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return v - (1.0 - self.beta_2) * delta**2 * np.sign(v - delta**2)

@@ -1,9 +1,10 @@
 """``fixbn``: train normally, then freeze the global BN statistics.
 
 FixBN (Zhong et al., 2023). For the first ``freeze_after`` rounds this is
-``fedavg-pooled``; afterwards clients train with every BN layer normalizing by the frozen
-global statistics (and leaving them unchanged), and evaluation uses the same statistics.
-The affine parameters keep learning.
+``fedavg-pooled``; from round ``freeze_after + 1`` on, train messages carry
+``bn-frozen``: clients train with every BN layer normalizing by the received global
+statistics (leaving them unchanged), the server keeps those statistics, and evaluation
+uses them. The affine parameters keep learning.
 """
 
 from __future__ import annotations
@@ -14,29 +15,30 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from flnorm.runner.arrays import decode
-from strategies._state_averaging import NumpyState
+from flnorm.protocol import BN_FROZEN
+from strategies.fedavg import NumpyState
 from strategies.fedavg_pooled import FedAvgPooled
 
 
 class FixBN(FedAvgPooled):
-    """FedAvgPooled that sends ``bn-frozen`` after ``freeze_after`` rounds and keeps the statistics."""
+    """FedAvgPooled that freezes the BN statistics after ``freeze_after`` rounds."""
 
     def __init__(self, *, freeze_after: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.freeze_after = freeze_after
-        self._frozen: NumpyState | None = None
+
+    def frozen(self, server_round: int) -> bool:
+        return server_round > self.freeze_after
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        frozen = server_round > self.freeze_after
-        self._frozen = {k: decode(arrays[k]) for k in self.layout.stat_keys} if frozen else None
-        config = ConfigRecord({**config, "bn-frozen": frozen})  # the caller's record is reused each round
+        if self.frozen(server_round):
+            config = ConfigRecord({**config, BN_FROZEN: True})
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_states(self, states: Sequence[NumpyState], weights: Sequence[float]) -> NumpyState:
         out = super().aggregate_states(states, weights)
-        if self._frozen is not None:
-            out.update(self._frozen)
+        if self.frozen(self.server_round) and self.sent is not None:
+            out.update({k: self.sent[k].copy() for k in self.layout.stat_keys})
         return out

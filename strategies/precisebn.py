@@ -1,6 +1,7 @@
 """``precisebn``: FedAvg plus a federated PreciseBN statistics round after aggregation.
 
-Only rounds that evaluate (``--eval-every``) run the statistics passes.
+Only rounds that evaluate (``--eval-every``) run the statistics passes: train-mode BN
+never reads the running statistics, only evaluations do.
 
 After the weights are averaged, the server sends the frozen global model to every client
 (``query.bn_moments`` messages); each returns per-BN-layer ``(n, mean, var)`` over its
@@ -16,19 +17,17 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from flnorm.bn.layout import BNLayout
 from flnorm.bn.moments import Moments, pool_moments
 from flnorm.bn.pooling import install_moments
 from flnorm.bn.precise import moments_from_arrays
-from strategies._state_averaging import NumpyState, array_record, client_order, numpy_state
-from strategies.fedavg import FedAvg
+from flnorm.protocol import BN_MOMENTS, INSTRUCTIONS, MODEL, MOMENTS, SERVER_ROUND
+from flnorm.records import array_record, numpy_state
+from strategies.fedavg import FedAvg, NumpyState, client_order
 
 log = logging.getLogger("flnorm")
-
-MOMENTS_MESSAGE = f"{MessageType.QUERY}.bn_moments"
 
 
 class PreciseBN(FedAvg):
@@ -36,26 +35,22 @@ class PreciseBN(FedAvg):
 
     Parameters
     ----------
-    layout
-        The model's BN layers.
     passes
         Statistics passes per round; 0 means one per BN layer (exact).
     timeout
         Seconds to wait for the clients' statistics.
     """
 
-    def __init__(self, *, layout: BNLayout, passes: int = 0, timeout: float = 3600, **kwargs: Any) -> None:
+    def __init__(self, *, passes: int = 0, timeout: float = 3600, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.layout = layout
-        self.passes = passes or len(layout.layers)
+        self.passes = passes or len(self.layout.layers)
         self.timeout = timeout
         self._grid: Grid | None = None
-        self._config = ConfigRecord()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._grid, self._config = grid, config
+        self._grid = grid
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -63,7 +58,7 @@ class PreciseBN(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None or not self.layout or not self.evaluates(server_round):
-            return arrays, metrics  # train-mode BN never reads the statistics: only evaluations need them
+            return arrays, metrics
         state = numpy_state(arrays)
         for _ in range(self.passes):
             install_moments(state, self.pooled_moments(server_round, state), self.layout)
@@ -72,12 +67,9 @@ class PreciseBN(FedAvg):
     def pooled_moments(self, server_round: int, state: NumpyState) -> dict[str, Moments]:
         """One statistics pass: every client's moments under ``state``, pooled per layer."""
         assert self._grid is not None, "configure_train must run first"
-        config = ConfigRecord(dict(self._config))
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": array_record(state), "config": config})
+        content = RecordDict({MODEL: array_record(state), INSTRUCTIONS: ConfigRecord({SERVER_ROUND: server_round})})
         messages = [
-            Message(record, dst_node_id=node, message_type=MOMENTS_MESSAGE)
-            for node in self._grid.get_node_ids()
+            Message(content, dst_node_id=node, message_type=BN_MOMENTS) for node in self._grid.get_node_ids()
         ]
         replies = list(self._grid.send_and_receive(messages, timeout=self.timeout))
         valid = sorted((r for r in replies if not r.has_error()), key=client_order)
@@ -86,5 +78,5 @@ class PreciseBN(FedAvg):
             raise RuntimeError(f"PreciseBN pass in round {server_round}: no client replied: {errors[:3]}")
         if len(valid) < len(messages):
             log.warning("PreciseBN pass: %d of %d clients replied (%s)", len(valid), len(messages), errors[:3])
-        per_client = [moments_from_arrays(numpy_state(r.content["moments"])) for r in valid]
+        per_client = [moments_from_arrays(numpy_state(r.content[MOMENTS])) for r in valid]
         return {layer.name: pool_moments([c[layer.name] for c in per_client]) for layer in self.layout.layers}

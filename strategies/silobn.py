@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from flnorm.bn.layout import BNLayout
-from strategies._keep_local import KeepLocal
+from flnorm.protocol import CONTRACTS
 from strategies.fedavg import FedAvg
 
 
-class SiloBN(KeepLocal, FedAvg):
+class SiloBN(FedAvg):
     """FedAvg over every tensor except BN running statistics."""
 
     def __init__(self, *, layout: BNLayout, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.local_keys = layout.stat_keys
+        super().__init__(layout=layout, local_keys=layout.local_keys(CONTRACTS["silobn"].bn_local), **kwargs)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from flnorm.runner.arrays import decode, numpy_state, torch_state
+from flnorm.records import decode, numpy_state, torch_state
 
 CASES = [
     np.arange(24, dtype=np.float32).reshape(2, 3, 4),

@@ -92,7 +92,7 @@ def test_fedavg_pooled_pools_statistics_and_averages_the_rest():
     strategy = build_strategy(cfg)
     start = _current(states[0])
     start["body.0.2.num_batches_tracked"] = np.array(2, dtype=np.int64)
-    strategy.previous = start  # what configure_train stores
+    strategy.sent = start  # what configure_train stores
     arrays, _ = strategy.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
     out = arrays.to_torch_state_dict()
     layout = bn_layout(cfg)
@@ -116,12 +116,12 @@ def test_server_optimizer_steps_parameters_only(name):
     states, sizes = _states(), [300, 100, 600]
     start = _states()[0]
     strategy = build_strategy(cfg)
-    strategy.current_arrays = _current(start)  # what configure_train stores
+    strategy.sent, strategy.server_round = _current(start), 1  # what configure_train stores
     arrays, _ = strategy.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
     out = arrays.to_torch_state_dict()
 
     pooled = build_strategy(cfg.replace(strategy="fedavg-pooled"))
-    pooled.previous = _current(start)
+    pooled.sent = _current(start)
     expected, _ = pooled.aggregate_train(1, [_reply(k, s, n) for k, (s, n) in enumerate(zip(states, sizes))])
     trainable = {n for n, _ in build_model("cnn", NormSpec.parse("bn"), 10, (1, 28, 28)).named_parameters()}
     for key, value in expected.to_torch_state_dict().items():
@@ -140,7 +140,7 @@ def test_server_optimizer_steps_parameters_only(name):
 
 
 def strategies_mean():
-    from strategies._state_averaging import mean_metrics
+    from strategies.fedavg import mean_metrics
 
     return mean_metrics
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import io
 import pickle
 import socket
 import struct

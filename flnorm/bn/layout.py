@@ -92,5 +92,10 @@ class BNLayout:
         """Every tensor of every BN module: statistics and affine parameters."""
         return frozenset(k for layer in self.layers for k in layer.stat_keys + layer.affine_keys)
 
+    def local_keys(self, scope: str) -> frozenset[str]:
+        """The keys a strategy keeps on the client: ``scope`` is a contract's ``bn_local``
+        (``""`` none, ``"module"`` every BN tensor, ``"stats"`` the running statistics)."""
+        return {"": frozenset(), "module": self.module_keys, "stats": self.stat_keys}[scope]
+
     def __bool__(self) -> bool:
         return bool(self.layers)

@@ -1,9 +1,11 @@
-"""Seeing every reply of a round, failures included, without touching the strategy.
+"""The ServerApp's view of the Grid: the experiment attached, every reply seen.
 
 ``ReplyLog`` wraps the ServerApp's ``Grid``: strategies call ``send_and_receive`` on it
-as usual, and it keeps each round's replies so the recorder can write per-client rows
-and count failures: error replies, replies that never came, and updates rejected for
-NaN/Inf values.
+as usual. It attaches the run's experiment record (``flnorm.protocol.EXPERIMENT``) to
+every message it sends, so that no strategy has to carry the experiment in its
+instructions, and it keeps each round's replies so the recorder can write per-client
+rows and count failures: error replies, replies that never came, and updates rejected
+for NaN/Inf values.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message, MessageType
+from flwr.app import ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
 
-from strategies._state_averaging import rejected_update
+from flnorm.protocol import EXPERIMENT
+from flnorm.records import nonfinite_update
 
 
 @dataclass
@@ -37,10 +40,12 @@ class PhaseReplies:
 
 
 class ReplyLog:
-    """A ``Grid`` proxy that records replies per message type (train, evaluate)."""
+    """A ``Grid`` proxy that attaches ``experiment`` to every message and records replies
+    per message type (train, evaluate)."""
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, experiment: ConfigRecord | None = None) -> None:
         self._grid = grid
+        self.experiment = experiment
         self.phases: dict[str, PhaseReplies] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -50,6 +55,9 @@ class ReplyLog:
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
+        if self.experiment is not None:
+            for msg in messages:
+                msg.content[EXPERIMENT] = self.experiment
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         if messages:
             phase = self.phases.setdefault(messages[0].metadata.message_type, PhaseReplies())
@@ -58,8 +66,8 @@ class ReplyLog:
                 if reply.has_error():
                     phase.errors.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
                     continue
-                rejected = rejected_update(reply)
-                if rejected:  # the strategy leaves it out too (strategies._state_averaging)
+                rejected = nonfinite_update(reply)
+                if rejected:  # the strategy leaves it out too (strategies.fedavg)
                     phase.errors.append(f"node {reply.metadata.src_node_id}: rejected, {rejected}")
                     continue
                 for record in reply.content.metric_records.values():

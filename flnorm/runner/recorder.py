@@ -7,14 +7,14 @@ import logging
 import math
 import time
 
-import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.device import place, resolve_device
 from flnorm.diagnostics import TOP_SINGULAR_VALUES
-from flnorm.runner.arrays import torch_state
+from flnorm.protocol import CLIENT, NUM_EXAMPLES
+from flnorm.records import torch_state
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
 from flnorm.runner.rundir import METRICS_FILE, RunDirectory
 from flnorm.task import new_model
@@ -101,7 +101,7 @@ class RoundRecorder:
         self._check(server_round, "train", train)
         self._check(server_round, "evaluate", test)
         now = time.perf_counter()
-        evaluated = [m for m in test.metrics if m["num-examples"] > 0]
+        evaluated = [m for m in test.metrics if m[NUM_EXAMPLES] > 0]
         row = {
             "round": server_round,
             "test_accuracy": _mean([m["test_accuracy"] for m in evaluated]),
@@ -144,9 +144,9 @@ class RoundRecorder:
                **{f"sv{i}": math.nan for i in range(1, TOP_SINGULAR_VALUES + 1)}}
         reported = [m for m in train.metrics if "feature_norm" in m]
         if reported:
-            first = min(reported, key=lambda m: m["client"])
+            first = min(reported, key=lambda m: m[CLIENT])
             out["feature_norm"] = _mean([m["feature_norm"] for m in reported])
-            out["diag_client"] = first["client"]
+            out["diag_client"] = first[CLIENT]
             out.update({k: v for k, v in first.items() if k.startswith("sv") and k[2:].isdigit()})
         return out
 
@@ -168,20 +168,20 @@ class RoundRecorder:
     ) -> list[dict[str, float]]:
         by_client: dict[int, dict[str, float]] = {}
         for m in train.metrics:
-            by_client.setdefault(int(m["client"]), {}).update(
-                train_loss=m["train_loss"], num_train=m["num-examples"], fit_seconds=m["fit_seconds"],
+            by_client.setdefault(int(m[CLIENT]), {}).update(
+                train_loss=m["train_loss"], num_train=m[NUM_EXAMPLES], fit_seconds=m["fit_seconds"],
                 feature_norm=m.get("feature_norm", math.nan),
             )
         for m in test.metrics:
-            by_client.setdefault(int(m["client"]), {}).update(
-                test_accuracy=m["test_accuracy"] if m["num-examples"] else math.nan,
-                test_loss=m["test_loss"] if m["num-examples"] else math.nan,
-                personal_accuracy=m["personal_accuracy"] if m["num-examples"] else math.nan,
-                num_test=m["num-examples"],
+            by_client.setdefault(int(m[CLIENT]), {}).update(
+                test_accuracy=m["test_accuracy"] if m[NUM_EXAMPLES] else math.nan,
+                test_loss=m["test_loss"] if m[NUM_EXAMPLES] else math.nan,
+                personal_accuracy=m["personal_accuracy"] if m[NUM_EXAMPLES] else math.nan,
+                num_test=m[NUM_EXAMPLES],
             )
         columns = ("train_loss", "num_train", "fit_seconds", "feature_norm", "test_accuracy",
                    "test_loss", "personal_accuracy", "num_test")
         return [
-            {"round": server_round, "client": c, **{k: v.get(k, math.nan) for k in columns}}
+            {"round": server_round, CLIENT: c, **{k: v.get(k, math.nan) for k in columns}}
             for c, v in sorted(by_client.items())
         ]

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from flnorm.config import LOCAL_BN, ExperimentConfig
+from flnorm.config import ExperimentConfig
 from flnorm.device import resolve_device
-from flnorm.runner.arrays import torch_state
+from flnorm.records import array_record, numpy_state, torch_state
 from flnorm.runner.checkpoint import (
     Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint, strategy_state,
 )
@@ -27,7 +26,6 @@ from flnorm.runner.recorder import RoundRecorder
 from flnorm.runner.rundir import RunDirectory, default_run_dir
 from flnorm.task import new_model
 from strategies import build_strategy
-from strategies._state_averaging import array_record, numpy_state
 
 log = logging.getLogger("flnorm")
 NODE_POLL = 0.1  # seconds between checks of the connected nodes before round 1
@@ -61,7 +59,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
             run_dir=str(rundir.path),
         )
     wait_for_nodes(grid, cfg.clients, cfg.node_timeout)
-    replies = ReplyLog(grid)
+    replies = ReplyLog(grid, experiment=ConfigRecord(cfg.client_record()))
     recorder = RoundRecorder(cfg, rundir, replies)
     arrays = run_rounds(strategy, replies, arrays, cfg, recorder, first_round, rundir.path)
     rundir.save_model(torch_state(arrays))
@@ -78,23 +76,22 @@ def run_rounds(
     Each round: ``configure_train`` -> send/receive -> ``aggregate_train`` (``None`` keeps
     the model), ``configure_evaluate`` -> send/receive -> ``aggregate_evaluate``, the
     server-side evaluation, then ``checkpoint.pt``. Replies not back within
-    ``cfg.round_timeout`` seconds count as failures.
+    ``cfg.round_timeout`` seconds count as failures. The strategy starts every round's
+    instructions from an empty record; the experiment travels apart (``grid`` attaches it).
     """
-    # proximal-mu is FedProx's instruction (Flower's FedProx adds it to its train config).
-    experiment = {k: v for k, v in cfg.to_flat().items() if k != "proximal-mu"}
     if first_round == 1:
         recorder(0, arrays)
     else:
         recorder.resume()
     for rnd in range(first_round, cfg.rounds + 1):
         train = grid.send_and_receive(
-            strategy.configure_train(rnd, arrays, ConfigRecord(experiment), grid), timeout=cfg.round_timeout
+            strategy.configure_train(rnd, arrays, ConfigRecord(), grid), timeout=cfg.round_timeout
         )
         aggregated, _ = strategy.aggregate_train(rnd, train)
         if aggregated is not None:
             arrays = aggregated
         evaluation = grid.send_and_receive(
-            strategy.configure_evaluate(rnd, arrays, ConfigRecord(experiment), grid), timeout=cfg.round_timeout
+            strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid), timeout=cfg.round_timeout
         )
         strategy.aggregate_evaluate(rnd, evaluation)
         recorder(rnd, arrays)
@@ -105,13 +102,10 @@ def run_rounds(
 def _resume_point(rundir: RunDirectory, cfg: ExperimentConfig) -> Checkpoint:
     """The checkpoint to continue from, after checking the run is the same experiment."""
     saved = ExperimentConfig.from_flat(rundir.read_config()["config"])
-    ignore = {"resume": False, "out": "", "data_dir": "", "node_timeout": 0.0, "round_timeout": 1.0,
-              "device": "auto", "num_cpus": 1, "num_gpus": 0.0, "ray_cpus": 0}
-    now, then = cfg.replace(**ignore), saved.replace(**ignore)
-    differ = [f.name.replace("_", "-") for f in fields(now) if getattr(now, f.name) != getattr(then, f.name)]
+    differ = cfg.differs_from(saved)
     if differ:
         raise ValueError(f"cannot resume {rundir.path}: the run was made with other {', '.join(differ)}")
-    if cfg.strategy in LOCAL_BN:
+    if cfg.contract.bn_local:
         raise ValueError(
             f"cannot resume a {cfg.strategy} run: its BN state lives on the clients and does not "
             "survive into a new run"

@@ -1,4 +1,6 @@
-"""Decode Flower ``Array``/``ArrayRecord`` payloads without ``np.load``.
+"""Flower records <-> NumPy/torch state dicts, for the server, the strategies and the clients.
+
+``decode`` reads Flower ``Array`` payloads without ``np.load``.
 
 A Flower ``Array`` holds its tensor as ``.npy`` bytes; ``Array.numpy()`` reads them with
 ``np.load``, which parses the header text with ``ast.literal_eval`` for every tensor:
@@ -16,7 +18,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message
+
+from flnorm.aggregation import nonfinite_keys
 
 _MAGIC = b"\x93NUMPY\x01\x00"  # .npy format version 1.0
 _PREFIX = len(_MAGIC) + 2  # magic, version, uint16 little-endian header length
@@ -55,3 +59,21 @@ def numpy_state(record: ArrayRecord, copy: bool = True) -> dict[str, np.ndarray]
 def torch_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
     """``record.to_torch_state_dict()``, faster (writable CPU tensors)."""
     return {key: torch.from_numpy(decode(array)) for key, array in record.items()}
+
+
+def array_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of NumPy arrays, shapes kept (0-d counters stay 0-d).
+
+    ``np.ascontiguousarray`` would turn a 0-d array into shape ``[1]``: BatchNorm's
+    ``num_batches_tracked`` is a 0-d tensor in PyTorch's state dict.
+    """
+    return ArrayRecord({k: Array(np.require(v, requirements="C")) for k, v in state.items()})
+
+
+def nonfinite_update(msg: Message) -> str | None:
+    """Why a train reply must not be averaged in (NaN/Inf arrays), or None if it is sound."""
+    for record in msg.content.array_records.values():
+        bad = nonfinite_keys(numpy_state(record, copy=False))
+        if bad:
+            return f"non-finite values in {len(bad)} arrays ({', '.join(bad[:3])})"
+    return None
