@@ -12,6 +12,7 @@ from pathlib import Path
 from flnorm.config import ExperimentConfig
 from flnorm.errors import ConfigError
 
+FIELDS = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
 GROUP_TITLES = {
     "experiment": "the experiment (what defines the science)",
     "strategy": "strategy parameters (stay on the server; clients get the strategy's instructions)",
@@ -34,10 +35,11 @@ def _config_options(parser: argparse.ArgumentParser, multi: bool) -> None:
         if multi:
             p.add_argument(flag, type=kind, nargs="+", default=None, metavar=f.name.upper(),
                            help=f"{text} (default: {default!r})")
-        elif f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif f.type == "bool":  # None: not given on the command line
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{text} (default: {str(default).lower()})")
         else:
-            p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default!r})")
+            p.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default!r})")
 
 
 def _boolean(text: str) -> bool:
@@ -116,15 +118,15 @@ def _saved_config(out: str) -> dict[str, object]:
     if not out or not path.exists():
         raise ConfigError(f"--resume needs --out naming a run directory; {path} does not exist")
     saved = json.loads(path.read_text())["config"]
-    return {k.replace("-", "_"): v for k, v in saved.items()}
+    return {k.replace("-", "_"): v for k, v in saved.items() if k.replace("-", "_") in FIELDS}
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(args).items() if k != "command"}
+    given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
-        if args.resume:  # the saved config, with only the flags given on this command line
-            values = {**_saved_config(args.out), **{k: v for k, v in values.items() if v != parser.get_default(k)}}
-        cfg = ExperimentConfig(**values)
+        if given.get("resume"):  # the saved config, with the flags given on this command line on top
+            given = {**_saved_config(given.get("out", "")), **given}
+        cfg = ExperimentConfig(**given)
         from flnorm.runner.simulation import prepare, run_prepared
 
         cfg = prepare(cfg)

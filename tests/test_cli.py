@@ -29,6 +29,9 @@ def _flnorm(*args: str) -> subprocess.CompletedProcess:
         (["--dataset", "imagenet"], "valid choices: mnist5k, mnist, fmnist, cifar10, cifar100"),
         (["--rounds", "0"], "rounds must be a positive integer"),
         (["--num-gpus", "0.5"], "no CUDA device is visible"),
+        (["--norm", "gn", "--gn-groups", "3"], "GroupNorm with 3 groups cannot split 64 channels"),
+        (["--num-cpus", "999"], "num-cpus=999 per client, but Ray has"),
+        (["--resume"], "config.json does not exist"),
     ],
 )
 def test_bad_input_fails_fast_with_clear_message(args, message, tmp_path):
@@ -113,3 +116,58 @@ def test_deploy_refuses_auth_without_tls(capsys):
         main(["deploy", "superlink", "--auth"])
     assert exc.value.code == 2
     assert "needs TLS" in capsys.readouterr().err
+
+
+def test_unwritable_out_fails_before_anything_starts(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = _flnorm("--out", str(blocker / "run"))
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot write the run directory {blocker / 'run'}" in proc.stderr
+    assert blocker.read_text() == "not a directory" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.slow
+def test_readme_resume_command_continues_and_refuses_a_finished_run(tmp_path):
+    """The README's commands, as a user types them: a run with non-default flags, the state a
+    kill after round 2 leaves (the previous checkpoint), ``--resume --out DIR``."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "r"
+    first = _flnorm("--clients", "3", "--rounds", "3", "--local-steps", "2", "--out", str(run))
+    assert first.returncode == 0, first.stderr
+    whole = torch.load(run / "model.pt")
+    finished = _flnorm("--resume", "--out", str(run))
+    assert finished.returncode == 2 and "finished all 3 rounds; nothing to resume" in finished.stderr
+
+    cut = tmp_path / "cut"  # as if killed after round 2: round 2's checkpoint, rows up to round 3
+    shutil.copytree(run, cut)
+    (cut / "checkpoint.pt").unlink()
+    (cut / "model.pt").unlink()
+    shutil.move(cut / "checkpoint.prev.pt", cut / "checkpoint.pt")
+    resumed = _flnorm("--resume", "--out", str(cut))
+    assert resumed.returncode == 0, resumed.stderr
+    again = torch.load(cut / "model.pt")
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    changed = _flnorm("--resume", "--out", str(run), "--lr", "0.5")
+    assert changed.returncode == 2 and "other lr" in changed.stderr
+
+
+def test_corrupt_checkpoint_is_named_in_one_line_with_its_fallback(tmp_path):
+    import torch
+
+    from flnorm.runner.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+
+    state = {"w": torch.ones(2).numpy()}
+    save_checkpoint(tmp_path, Checkpoint(1, state))
+    save_checkpoint(tmp_path, Checkpoint(2, state))
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x00garbage" * 10)
+    assert load_checkpoint(tmp_path).round == 1  # falls back to the round before
+    (tmp_path / "checkpoint.prev.pt").write_bytes(b"PK\x03\x04truncated")
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path)
+    message = str(exc.value)
+    assert str(tmp_path / "checkpoint.pt") in message and "no earlier checkpoint" in message
+    assert "weights_only" not in message and "\n" not in message

@@ -46,7 +46,8 @@ class RoundRecorder:
     here without having learned the task; ``union_accuracy``/
     ``union_loss``: the global model on the whole test set, evaluated by the server with
     the statistics named in ``union_bn_eval``;
-    ``train_loss``: mean over clients of their local training loss; ``failures``: client
+    ``train_loss``: mean over clients of their local training loss; ``clients_trained``,
+    ``clients_evaluated``: how many clients those means cover; ``failures``: client
     replies that were errors or never arrived; ``seconds``: the round's wall time;
     ``elapsed``: seconds since round 1 began. Rounds that do not evaluate
     (``--eval-every``) leave the test and union columns empty; ``timestamp``: Unix time at the round's end.
@@ -101,7 +102,9 @@ class RoundRecorder:
         self._check(server_round, "train", train)
         self._check(server_round, "evaluate", test)
         now = time.perf_counter()
-        evaluated = [m for m in test.metrics if m[NUM_EXAMPLES] > 0]
+        # means summed in client order, not reply-arrival order: the same seed gives the same bits
+        evaluated = sorted((m for m in test.metrics if m[NUM_EXAMPLES] > 0), key=lambda m: m[CLIENT])
+        trained = sorted(train.metrics, key=lambda m: m[CLIENT])
         row = {
             "round": server_round,
             "test_accuracy": _mean([m["test_accuracy"] for m in evaluated]),
@@ -109,9 +112,10 @@ class RoundRecorder:
             "personal_accuracy": _mean([m["personal_accuracy"] for m in evaluated]),
             "union_accuracy": union_acc,
             "union_loss": union_loss,
-            "train_loss": _mean([m["train_loss"] for m in train.metrics]),
-            **self._diagnostics(train),
-            "clients_trained": len(train.metrics),
+            "train_loss": _mean([m["train_loss"] for m in trained]),
+            **self._diagnostics(trained),
+            "clients_trained": len(trained),
+            "clients_evaluated": len(evaluated),
             "failures": train.failures + test.failures,
             "seconds": now - self.last,
             "elapsed": now - self.started,
@@ -133,7 +137,7 @@ class RoundRecorder:
         )
         return MetricRecord({k: float(v) for k, v in row.items()})
 
-    def _diagnostics(self, train: PhaseReplies) -> dict[str, float]:
+    def _diagnostics(self, trained: list[dict]) -> dict[str, float]:
         """Mean feature norm over clients; singular values of the lowest-id client's features.
 
         Clients compute them in the rounds that evaluate; other rounds get NaN columns.
@@ -142,7 +146,7 @@ class RoundRecorder:
             return {}
         out = {"feature_norm": math.nan, "diag_client": math.nan,
                **{f"sv{i}": math.nan for i in range(1, TOP_SINGULAR_VALUES + 1)}}
-        reported = [m for m in train.metrics if "feature_norm" in m]
+        reported = [m for m in trained if "feature_norm" in m]
         if reported:
             first = min(reported, key=lambda m: m[CLIENT])
             out["feature_norm"] = _mean([m["feature_norm"] for m in reported])

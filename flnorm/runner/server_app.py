@@ -19,7 +19,7 @@ from flnorm.config import ExperimentConfig
 from flnorm.device import resolve_device
 from flnorm.records import array_record, numpy_state, torch_state
 from flnorm.runner.checkpoint import (
-    Checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint, strategy_state,
+    Checkpoint, restore_strategy_state, resume_point, save_checkpoint, strategy_state,
 )
 from flnorm.runner.monitor import ReplyLog
 from flnorm.runner.recorder import RoundRecorder
@@ -100,19 +100,8 @@ def run_rounds(
 
 
 def _resume_point(rundir: RunDirectory, cfg: ExperimentConfig) -> Checkpoint:
-    """The checkpoint to continue from, after checking the run is the same experiment."""
-    saved = ExperimentConfig.from_flat(rundir.read_config()["config"])
-    differ = cfg.differs_from(saved)
-    if differ:
-        raise ValueError(f"cannot resume {rundir.path}: the run was made with other {', '.join(differ)}")
-    if cfg.contract.bn_local:
-        raise ValueError(
-            f"cannot resume a {cfg.strategy} run: its BN state lives on the clients and does not "
-            "survive into a new run"
-        )
-    ckpt = load_checkpoint(rundir.path)
-    if ckpt.round >= cfg.rounds:
-        raise ValueError(f"{rundir.path} finished all {cfg.rounds} rounds; nothing to resume")
+    """The checkpoint to continue from (``resume_point``); later CSV rows are dropped."""
+    ckpt = resume_point(rundir.path, cfg)
     rundir.truncate(ckpt.round)
     return ckpt
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,9 @@ from flwr.clientapp import ClientApp
 from flnorm.config import ExperimentConfig
 from flnorm.data.federated import load_partition
 from flnorm.errors import ConfigError
-from flnorm.runner.checkpoint import CHECKPOINT_FILE
+from flnorm.runner.checkpoint import resume_point
 from flnorm.runner.rundir import METRICS_FILE, default_run_dir
+from flnorm.task import new_model
 
 log = logging.getLogger("flnorm")
 
@@ -59,22 +61,48 @@ def start_ray(cfg: ExperimentConfig) -> bool:
 
 
 def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Check what can be checked before Ray starts; fix the run directory.
+    """Check everything that can be checked before Ray starts; fix the run directory.
 
-    Loads the dataset and builds the partition in this process, so bad data settings
-    (too many clients, an unreachable dataset) fail at once.
+    Raises ``ConfigError`` naming what is wrong, with nothing written: resources this
+    machine cannot give, a norm the model cannot take (e.g. GroupNorm groups that do not
+    divide its channels), an unloadable dataset or impossible partition, an ``out`` that
+    is not writable or already holds a run, and a resume that cannot continue.
     """
     if cfg.num_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError(f"num-gpus={cfg.num_gpus} per client, but no CUDA device is visible")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda, but no CUDA device is visible (use auto or cpu)")
+    if not os.environ.get("RAY_ADDRESS"):
+        cpus = cfg.ray_cpus or os.cpu_count() or 1
+        if cfg.num_cpus > cpus:
+            raise ConfigError(f"num-cpus={cfg.num_cpus} per client, but Ray has {cpus} CPUs here "
+                              f"(ray-cpus={cfg.ray_cpus}): no client could ever be placed")
+    try:
+        new_model(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"model {cfg.model} cannot take norm {cfg.norm_spec.name}: {exc}") from None
     load_partition(cfg.dataset, cfg.data_dir, cfg.download, cfg.partition, cfg.clients, cfg.seed)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    if cfg.resume and not (out / CHECKPOINT_FILE).exists():
-        raise ConfigError(f"cannot resume {out}: no {CHECKPOINT_FILE} there (no round finished)")
-    if not cfg.resume and (out / METRICS_FILE).exists():
+    _check_writable(out)
+    if cfg.resume:
+        resume_point(out, cfg)
+    elif (out / METRICS_FILE).exists():
         raise ConfigError(f"{out} already holds a run; choose another --out (or resume it)")
     return cfg.replace(out=str(out.resolve()), data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
+
+
+def _check_writable(out: Path) -> None:
+    """``out`` can be created and written: a probe directory is made in its nearest existing
+    ancestor and removed again (permission bits alone mislead root and special filesystems)."""
+    existing = out.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        os.rmdir(tempfile.mkdtemp(prefix=".flnorm-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run directory {out}: {exc}") from None
 
 
 def run_experiment(cfg: ExperimentConfig | None = None, **changes: object) -> pd.DataFrame:
