@@ -14,8 +14,8 @@ What it changes in Flower's FedAvg, and why:
   ArrayRecord stays a whole state dict.
 - **Evaluation on scheduled rounds only** (``evaluates``, from ``--eval-every``).
 
-With no BN layer and one reply order, ``fedavg`` is plain FedAvg: every tensor, BN running
-statistics included, is the sample-weighted mean of the clients' (the naive baseline).
+As the ``fedavg`` strategy it is plain FedAvg: every tensor, BN running statistics
+included, becomes the sample-weighted mean of the clients' (the naive baseline for BN).
 """
 
 from __future__ import annotations
