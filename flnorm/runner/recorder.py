@@ -113,7 +113,7 @@ class RoundRecorder:
             "union_accuracy": union_acc,
             "union_loss": union_loss,
             "train_loss": _mean([m["train_loss"] for m in trained]),
-            **self._diagnostics(trained),
+            **self._diagnostics(train),
             "clients_trained": len(trained),
             "clients_evaluated": len(evaluated),
             "failures": train.failures + test.failures,
@@ -137,7 +137,7 @@ class RoundRecorder:
         )
         return MetricRecord({k: float(v) for k, v in row.items()})
 
-    def _diagnostics(self, trained: list[dict]) -> dict[str, float]:
+    def _diagnostics(self, train: PhaseReplies) -> dict[str, float]:
         """Mean feature norm over clients; singular values of the lowest-id client's features.
 
         Clients compute them in the rounds that evaluate; other rounds get NaN columns.
@@ -146,7 +146,7 @@ class RoundRecorder:
             return {}
         out = {"feature_norm": math.nan, "diag_client": math.nan,
                **{f"sv{i}": math.nan for i in range(1, TOP_SINGULAR_VALUES + 1)}}
-        reported = [m for m in trained if "feature_norm" in m]
+        reported = sorted((m for m in train.metrics if "feature_norm" in m), key=lambda m: m[CLIENT])
         if reported:
             first = min(reported, key=lambda m: m[CLIENT])
             out["feature_norm"] = _mean([m["feature_norm"] for m in reported])
