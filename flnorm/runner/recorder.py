@@ -148,7 +148,7 @@ class RoundRecorder:
                **{f"sv{i}": math.nan for i in range(1, TOP_SINGULAR_VALUES + 1)}}
         reported = sorted((m for m in train.metrics if "feature_norm" in m), key=lambda m: m[CLIENT])
         if reported:
-            first = min(reported, key=lambda m: m[CLIENT])
+            first = reported[0]  # the lowest client id
             out["feature_norm"] = _mean([m["feature_norm"] for m in reported])
             out["diag_client"] = first[CLIENT]
             out.update({k: v for k, v in first.items() if k.startswith("sv") and k[2:].isdigit()})
