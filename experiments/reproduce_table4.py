@@ -12,7 +12,8 @@ and the runs are far shorter than the paper's 10,000 rounds, but long enough to 
 
 Each cell runs under ``--out``; its per-round metrics are kept as one CSV under
 ``--results`` (small files, kept in git). Re-running skips the cells kept there, so the
-reproduction can be spread over several sittings; ``--report-only`` prints the tables in
+reproduction can be spread over several sittings (Ctrl-C stops it; a cell cut short continues
+from its checkpoint); ``--report-only`` prints the tables in
 Markdown from the kept files. Every figure is the mean of a
 cell's evaluations in its last ``--window`` rounds; *flatness* is that mean minus the mean
 of the ``--window`` rounds before, in points; a cell whose flatness exceeds 1 point
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,10 @@ from typing import Any
 import pandas as pd
 
 from flnorm import ExperimentConfig, run_experiment
+from flnorm.errors import ConfigError
+from flnorm.runner.checkpoint import resume_point
+from flnorm.runner.progress import Progress
+from flnorm.runner.stopping import Stopped, stop_on_signals
 
 METHODS = {
     "FedAvg": {"norm": "none", "strategy": "fedavg"},
@@ -102,33 +108,47 @@ def kept(path: Path, rounds: int) -> bool:
     return path.exists() and int(pd.read_csv(path)["round"].max()) >= rounds
 
 
-def run(grid: Grid, args: argparse.Namespace) -> None:
-    """Run the cells of ``grid`` not yet kept under ``--results``; keep each one's curve."""
-    from flnorm.runner.ray_backend import keep_ray
+def rounds_of(grid: Grid, args: argparse.Namespace) -> int:
+    return args.rounds_classes1 if grid.rounds_key == "classes1" else args.rounds
 
-    rounds = args.rounds_classes1 if grid.rounds_key == "classes1" else args.rounds
+
+def run(grid: Grid, args: argparse.Namespace, progress: Progress) -> None:
+    """Run the cells of ``grid`` not yet kept under ``--results``; keep each one's curve.
+
+    An attempt interrupted earlier (Ctrl-C, SIGTERM) continues from its checkpoint.
+    """
+    rounds = rounds_of(grid, args)
     base = ExperimentConfig(
         clients=10, rounds=rounds, local_steps=10, batch_size=32, lr=0.01, bias=False,
         precise_passes=0, eval_every=args.eval_every, **grid.base,
     )
     keep = Path(args.results) / grid.name
     keep.mkdir(parents=True, exist_ok=True)
-    with keep_ray():  # one Ray instance for every cell
-        for name, changes in cells_of(grid):
-            path = keep / f"{name}.csv"
-            if kept(path, rounds):
-                continue
-            out = Path(args.out) / grid.name / name
-            if out.exists():
-                shutil.rmtree(out)  # an interrupted attempt
-            try:
-                metrics = run_experiment(base.replace(out=str(out), **changes))
-            except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
-                print(f"cell {grid.name}/{name} failed: {type(exc).__name__}: {exc}", flush=True)
-                continue
-            full = {"seed": 0, "lr": 0.01, **changes}
-            metrics.assign(cell=name, **full).to_csv(path, index=False)
-            print(f"kept {path}", flush=True)
+    for name, changes in cells_of(grid):
+        path = keep / f"{name}.csv"
+        if kept(path, rounds):
+            continue
+        cfg = base.replace(out=str(Path(args.out) / grid.name / name), **changes)
+        try:
+            resume_point(cfg.out, cfg)
+            cfg = cfg.replace(resume=True)
+        except ConfigError:
+            shutil.rmtree(cfg.out, ignore_errors=True)  # nothing that can continue
+        try:
+            metrics = run_experiment(cfg)
+        except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
+            progress.step(f"{grid.name}/{name} failed: {type(exc).__name__}: {exc}")
+            continue
+        full = {"seed": 0, "lr": 0.01, **changes}
+        metrics.assign(cell=name, **full).to_csv(path, index=False)
+        progress.step(f"kept {path}")
+
+
+def cell_counts(args: argparse.Namespace) -> tuple[int, int]:
+    """(cells in the chosen grids, cells already kept)."""
+    paths = [(Path(args.results) / g.name / f"{name}.csv", rounds_of(g, args))
+             for g in GRIDS if g.name in args.grids for name, _ in cells_of(g)]
+    return len(paths), sum(kept(p, r) for p, r in paths)
 
 
 def curves(args: argparse.Namespace) -> pd.DataFrame:
@@ -248,9 +268,20 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     if not args.report_only:
-        for grid in GRIDS:
-            if grid.name in args.grids:
-                run(grid, args)
+        from flnorm.runner.ray_backend import keep_ray
+
+        total, done = cell_counts(args)
+        progress = Progress("table4", total, done=done, unit="cell")
+        try:
+            with stop_on_signals(), keep_ray():  # one Ray instance for every cell
+                for grid in GRIDS:
+                    if grid.name in args.grids:
+                        run(grid, args, progress)
+        except Stopped as stop:
+            print(f"{stop}; run again to continue (the cell cut short resumes)", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+        finally:
+            progress.close()
     report(args)
     if not args.report_only:
         print(f"{time.perf_counter() - start:.0f} s for this invocation")

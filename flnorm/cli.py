@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flnorm.config import ExperimentConfig
 from flnorm.errors import ConfigError
+from flnorm.runner.stopping import Stopped, stop_on_signals
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
 GROUP_TITLES = {
@@ -76,7 +77,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flnorm import deploy_cli
 
     command = {"run": _run, "grid": _grid, "plot": _plot, "deploy": deploy_cli.run}[args.command]
-    return command(parser, args)
+    if args.command not in ("run", "grid"):
+        return command(parser, args)
+    with stop_on_signals():
+        try:
+            return command(parser, args)
+        except Stopped as stop:  # before the run started: nothing to resume
+            print(f"flnorm {args.command}: {stop}", file=sys.stderr)
+            return stop.exit_code
+
+
+def _resume_hint(cfg: ExperimentConfig) -> str:
+    """What a stopped run left: its last complete round and the command that continues it."""
+    from flnorm.runner.checkpoint import resume_point
+
+    try:
+        done = resume_point(cfg.out, cfg).round
+    except ConfigError as exc:
+        return f"it cannot be resumed: {exc}"
+    return f"round {done} is complete and checkpointed; continue with: flnorm run --resume --out {cfg.out}"
 
 
 def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -136,6 +155,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.exit(1, f"flnorm run: failed: {exc}\n")
     try:
         metrics = run_prepared(cfg)
+    except Stopped as stop:
+        print(f"flnorm run: {stop}; {_resume_hint(cfg)}", file=sys.stderr)
+        return stop.exit_code
     except Exception as exc:  # noqa: BLE001 - report any failure and exit non-zero
         print(f"flnorm run: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"flnorm run: partial results (if any) are in {cfg.out}", file=sys.stderr)

@@ -97,6 +97,8 @@ class ExperimentConfig:
     round_timeout: float = _field(3600.0, "seconds to wait for a phase's replies; late ones count as "
                                   "failures", "execution")
     resume: bool = _field(False, "continue the run in --out after its last checkpointed round", "execution")
+    verbose: bool = _field(False, "also show Flower's own log (its per-round lines and notices); by "
+                           "default only flnorm's progress, warnings and errors", "execution")
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)

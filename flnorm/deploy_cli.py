@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     actions = p.add_subparsers(dest="action", required=True)
 
     certs = actions.add_parser("certs", help="write a CA and the SuperLink's TLS certificate")
-    certs.add_argument("--out", required=True, help="directory for ca.crt, server.crt, server.key")
+    certs.add_argument("--out", required=True,
+                       help="directory for ca.crt, ca.key (stays on the server), server.crt, server.key")
     certs.add_argument("--host", action="append", default=None,
                        help="name or IP the SuperLink is reached at (repeatable; 127.0.0.1 and localhost always)")
 

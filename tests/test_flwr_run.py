@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -81,10 +82,12 @@ def test_flwr_run_completes_and_writes_run_dir(flwr, tmp_path):
     "run_config, nodes, message",
     [
         ("clients=2 rounds=1 norm='foo'", 2, "unknown norm 'foo'"),
-        ("clients=3 rounds=1 node-timeout=3", 2, "only 2 of clients=3 nodes connected"),
+        ("clients=3 rounds=1", 2, "only 2 of clients=3 nodes connected (the simulation has no more)"),
     ],
 )
 def test_flwr_run_bad_setup_is_reported_failed(flwr, tmp_path, run_config, nodes, message):
+    start = time.monotonic()
     status = _submit_and_wait(flwr, f"{run_config} out='{tmp_path / 'bad'}'", nodes)
+    assert time.monotonic() - start < 90  # not the default node-timeout of 120 s
     assert status["status"] == "finished:failed"
     assert message in status.get("status-details", "")

@@ -73,3 +73,25 @@ def test_diagnostics_columns_are_nan_in_rounds_without_evaluation():
         {"client": 1, "feature_norm": 4.0, **{f"sv{i}": 6.0 - i for i in range(1, 6)}},
     ]))
     assert reported["feature_norm"] == 3.0 and reported["diag_client"] == 1 and reported["sv1"] == 5.0
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_flower_log_shows_only_warnings_unless_verbose(verbose):
+    import logging
+
+    from flnorm.runner.progress import FLOWER_NOTICE, flower_log
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    flower = logging.getLogger("flwr")
+    flower.addHandler(handler)
+    try:
+        with flower_log(verbose):
+            flower.info("configure_train: Sampled 3 nodes")
+            flower.warning(FLOWER_NOTICE + " is deprecated")
+            flower.warning("a real warning")
+    finally:
+        flower.removeHandler(handler)
+    shown = ["configure_train: Sampled 3 nodes", FLOWER_NOTICE + " is deprecated"] if verbose else []
+    assert seen == [*shown, "a real warning"]

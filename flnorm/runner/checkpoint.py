@@ -64,7 +64,7 @@ class CheckpointError(ConfigError):
 def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> None:
     """Write ``checkpoint.pt`` atomically; the one it replaces becomes ``checkpoint.prev.pt``."""
     path = Path(run_dir) / CHECKPOINT_FILE
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = partial_write(run_dir)
     body = {
         "round": ckpt.round,
         "arrays": _tensors(ckpt.arrays),
@@ -74,6 +74,16 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> None:
     if path.exists():
         os.replace(path, path.with_name(PREVIOUS_FILE))
     os.replace(tmp, path)
+
+
+def partial_write(run_dir: str | Path) -> Path:
+    """Where ``save_checkpoint`` writes before the atomic rename."""
+    return Path(run_dir) / (CHECKPOINT_FILE + ".tmp")
+
+
+def discard_partial_write(run_dir: str | Path) -> None:
+    """Remove a checkpoint write that a killed process left unfinished."""
+    partial_write(run_dir).unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path) -> Checkpoint:

@@ -20,6 +20,11 @@ node, expired messages and messages outside the run's federation dropped by the 
 own check, ``delivered_at`` stamped), and ``send_and_receive`` pulls once per stored
 reply. Both still re-check every ``FALLBACK_WAIT`` seconds, for the stop flag and for
 expiries. A LinkState other than the in-memory one keeps Flower's loops.
+
+``install()`` also ties each run's LinkState to the engine's stop event (``f_stop``, set
+when the engine ends: finished, crashed or interrupted). Flower's reply wait never looks
+at it, so a ServerApp whose engine died waited ``round_timeout`` for replies that could
+not come; here the wait raises ``EngineStopped`` within ``FALLBACK_WAIT``.
 """
 
 from __future__ import annotations
@@ -28,18 +33,23 @@ import threading
 import time
 from collections.abc import Iterable
 from queue import Queue
+from typing import Any
 
 from flwr.app import Message
+from flwr.server.superlink.fleet import vce
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 from flwr.superlink.grid import InMemoryGrid
 from flwr.supercore.date import now
+
+from flnorm.runner.stopping import EngineStopped, engine
 
 FALLBACK_WAIT = 0.1
 _flower_loop = vce_api.add_messages_to_queue
 _flower_store_ins = InMemoryLinkState.store_message_ins
 _flower_store_res = InMemoryLinkState.store_message_res
 _flower_send_and_receive = InMemoryGrid.send_and_receive
+_flower_start_vce = vce.start_vce
 
 
 class StateSignals:
@@ -48,6 +58,7 @@ class StateSignals:
     def __init__(self) -> None:
         self.instructions = threading.Event()
         self.replies = threading.Event()
+        self.engine_stop: threading.Event | None = None  # the engine's f_stop, once it starts
 
 
 def signals(state: InMemoryLinkState) -> StateSignals:
@@ -65,6 +76,29 @@ def _store_message_res(self: InMemoryLinkState, message: Message) -> str | None:
     msg_id = _flower_store_res(self, message)
     signals(self).replies.set()
     return msg_id
+
+
+def engine_stopped(grid: object) -> bool:
+    """Whether ``grid`` is an in-process simulation's grid whose engine has ended."""
+    state = getattr(grid, "state", None)
+    if not isinstance(state, InMemoryLinkState):
+        return False
+    stop = signals(state).engine_stop
+    return stop is not None and stop.is_set()
+
+
+def _start_vce(*args: Any, **kwargs: Any) -> None:
+    """``vce.start_vce`` that ties the run's LinkState to the engine's stop event, and lets
+    a stop signal set that event from any thread (``stopping.engine``)."""
+    factory, f_stop = kwargs.get("state_factory"), kwargs.get("f_stop")
+    if factory is None or f_stop is None:
+        _flower_start_vce(*args, **kwargs)
+        return
+    state = factory.state()
+    if isinstance(state, InMemoryLinkState):
+        signals(state).engine_stop = f_stop
+    with engine(f_stop):
+        _flower_start_vce(*args, **kwargs)
 
 
 def pending_messages(state: InMemoryLinkState, nodes: Iterable[int]) -> list[Message]:
@@ -116,6 +150,8 @@ def send_and_receive(
     end_time = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
     while msg_ids:
+        if engine_stopped(self):
+            raise EngineStopped(f"the simulation engine ended with {len(msg_ids)} replies outstanding")
         stored.clear()  # before the pull: a reply stored during it wakes the next wait
         pulled = self.pull_messages(msg_ids)
         replies.extend(pulled)
@@ -134,3 +170,4 @@ def install() -> None:
     InMemoryLinkState.store_message_res = _store_message_res  # type: ignore[method-assign]
     InMemoryGrid.send_and_receive = send_and_receive  # type: ignore[method-assign]
     vce_api.add_messages_to_queue = add_messages_to_queue
+    vce.start_vce = _start_vce

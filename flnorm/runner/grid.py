@@ -1,8 +1,10 @@
 """Run a grid of experiments: one run directory per cell, one combined results table.
 
-Re-running a grid skips finished cells (resumable); a failed cell is recorded with its
-error and the grid goes on. Cells run one after another in this process, or in
-``parallel`` ``flnorm run`` subprocesses that split the machine's CPUs between them.
+Re-running a grid skips finished cells and continues an interrupted one from its last
+checkpoint; a failed cell is recorded with its error and the grid goes on. Cells run one
+after another in this process, or in ``parallel`` ``flnorm run`` subprocesses that split
+the machine's CPUs between them. SIGINT and SIGTERM stop the grid (in parallel mode they
+are passed on to every running cell, which checkpoints and exits).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,9 @@ import pandas as pd
 
 from flnorm.config import ExperimentConfig
 from flnorm.errors import ConfigError, unknown_choice
+from flnorm.runner.progress import Progress
 from flnorm.runner.rundir import METRICS_FILE, MODEL_FILE
+from flnorm.runner.stopping import Stopped, stop_on_signals
 
 log = logging.getLogger("flnorm")
 
@@ -107,16 +111,38 @@ def _run_in_process(cell: Cell) -> None:
     run_experiment(cell.cfg)
 
 
+_children: set[subprocess.Popen] = set()  # the ``flnorm run`` processes of a parallel grid
+
+
 def _run_subprocess(cell: Cell) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "flnorm.cli", *_cli_args(cell.cfg)], capture_output=True, text=True,
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flnorm.cli", *_cli_args(cell.cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    _children.add(proc)
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        _children.discard(proc)
     Path(cell.cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cell.cfg.out) / "log.txt").write_text(proc.stdout + proc.stderr)
+    (Path(cell.cfg.out) / "log.txt").write_text(stdout + stderr)
+    if proc.returncode in (130, 143):
+        raise RuntimeError(f"stopped by signal ({proc.returncode})")
     if proc.returncode != 0:
-        reported = [ln for ln in proc.stderr.splitlines() if ln.startswith("flnorm run:")]
-        last = proc.stderr.strip().splitlines()[-1:]
+        reported = [ln for ln in stderr.splitlines() if ln.startswith("flnorm run:")]
+        last = stderr.strip().splitlines()[-1:]
         raise RuntimeError((reported or last or [f"exit code {proc.returncode}"])[0])
+
+
+def _resumable(cell: Cell) -> bool:
+    """Whether the cell's directory holds an interrupted run of it that can continue."""
+    from flnorm.runner.checkpoint import resume_point
+
+    try:
+        resume_point(cell.cfg.out, cell.cfg)
+    except ConfigError:
+        return False
+    return True
 
 
 def _attempt(cell: Cell, in_process: bool) -> tuple[str, str, float]:
@@ -124,8 +150,11 @@ def _attempt(cell: Cell, in_process: bool) -> tuple[str, str, float]:
     out = Path(cell.cfg.out)
     if cell.finished():
         return "done", "", 0.0
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted or failed earlier attempt
+    if _resumable(cell):  # an interrupted earlier attempt: continue it
+        cell = dataclasses.replace(cell, cfg=cell.cfg.replace(resume=True))
+        (out / ERROR_FILE).unlink(missing_ok=True)
+    elif out.exists():
+        shutil.rmtree(out)  # a failed earlier attempt, or one that finished no round
     start = time.perf_counter()
     try:
         (_run_in_process if in_process else _run_subprocess)(cell)
@@ -196,9 +225,11 @@ def run_grid(
     if parallel > 1 and base.ray_cpus == 0:
         base = base.replace(ray_cpus=max(1, (os.cpu_count() or 1) // parallel))
     root = Path(out).resolve()
+    cells = grid_cells(base, axes, root, variants)  # validated before anything is written
     root.mkdir(parents=True, exist_ok=True)
-    cells = grid_cells(base, axes, root, variants)
-    log.info("grid of %d cells in %s (%d finished already)", len(cells), root, sum(c.finished() for c in cells))
+    finished = sum(c.finished() for c in cells)
+    log.info("grid of %d cells in %s (%d finished already)", len(cells), root, finished)
+    progress = Progress(f"grid {root.name}", len(cells), done=finished, unit="cell")
     outcomes: dict[str, tuple[str, str]] = {}
 
     def record(cell: Cell, status: str, error: str) -> None:
@@ -209,8 +240,21 @@ def run_grid(
         curves = [s[1] for s in summaries if s[1] is not None]
         if curves:
             _write(pd.concat(curves, ignore_index=True), root / ROUNDS_FILE)
-        log.info("grid: %d/%d cells, %s: %s", len(done), len(cells), cell.name, status)
+        if status != "done":  # cells finished before are counted from the start
+            progress.step(f"{cell.name}: {status}")
 
+    try:
+        with stop_on_signals():
+            _run_cells(cells, parallel, record)
+    finally:
+        progress.close()
+    results = pd.read_csv(root / RESULTS_FILE)
+    results["error"] = results["error"].fillna("")
+    results.attrs["grid_dir"] = str(root)
+    return results
+
+
+def _run_cells(cells: list[Cell], parallel: int, record: Callable[[Cell, str, str], None]) -> None:
     if parallel == 1:
         from flnorm.runner.ray_backend import keep_ray
 
@@ -221,10 +265,13 @@ def run_grid(
     else:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = {cell.name: pool.submit(_attempt, cell, False) for cell in cells}
-            for cell in cells:
-                status, error, _ = futures[cell.name].result()
-                record(cell, status, error)
-    results = pd.read_csv(root / RESULTS_FILE)
-    results["error"] = results["error"].fillna("")
-    results.attrs["grid_dir"] = str(root)
-    return results
+            try:
+                for cell in cells:
+                    status, error, _ = futures[cell.name].result()
+                    record(cell, status, error)
+            except Stopped as stop:  # pass the signal on; each child checkpoints and exits
+                for future in futures.values():
+                    future.cancel()
+                for child in list(_children):
+                    child.send_signal(stop.signum)
+                raise

@@ -20,11 +20,14 @@ is idle: at most one client's work.
 
 **Ray kept between the runs of a grid.** Flower shuts Ray down at the end of every
 simulation (``RayBackend.terminate``); inside ``keep_ray()`` only the run's actors are
-stopped and the next run reuses the running Ray (``ray.init`` costs 3-5 s here).
+stopped and the next run reuses the running Ray (``ray.init`` costs 3-5 s here). Actors
+are killed, not asked to stop: Flower's ``terminate`` task would queue behind the work
+already on an interrupted run's actors.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,14 +37,21 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
 from flnorm.runner.actor import ClientActor
+from flnorm.runner.stopping import reclaim_signals
 
 QUEUE_DEPTH = 2
+CALLS_WAIT = 10.0  # seconds the calls of killed actors get to fail before Ray stops
 _flower_terminate = RayBackend.terminate
 _keep_ray = False
 
 
 def _build(self: RayBackend, app_fn: Callable[[], Any]) -> None:
-    """``RayBackend.build`` with flnorm's actor class, each actor listed ``QUEUE_DEPTH`` times."""
+    """``RayBackend.build`` with flnorm's actor class, each actor listed ``QUEUE_DEPTH`` times.
+
+    Called in the main thread after Flower's backend may have started Ray, which replaces
+    the SIGTERM handler: flnorm's is put back first.
+    """
+    reclaim_signals()
     pool = BasicActorPool(
         actor_type=ClientActor, client_resources=self.client_resources, actor_kwargs=self.actor_kwargs
     )
@@ -55,12 +65,32 @@ def _build(self: RayBackend, app_fn: Callable[[], Any]) -> None:
 
 def _terminate(self: RayBackend) -> None:
     pool = self.pool
-    if pool is not None:  # each actor once, not once per queue slot
-        pool.pool = list({id(actor): actor for actor in pool.pool}.values())
+    if pool is not None:
+        pool.submit = _refuse  # an interrupted run's workers may still pick up a message
+        actors = [*pool.pool, *pool._future_to_actor.values()]
+        for actor in {id(actor): actor for actor in actors}.values():  # once, not once per slot
+            ray.kill(actor, no_restart=True)
+        _await_calls(pool)
+        pool.pool = []
     if not _keep_ray:
         _flower_terminate(self)
-    elif pool is not None:
-        pool.terminate_all_actors()
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("the simulation engine is stopping; no more client calls")
+
+
+def _await_calls(pool: BasicActorPool) -> None:
+    """Wait until Flower's worker threads are out of their ``ray.get`` on killed actors.
+
+    An interrupted run stops Ray while workers still wait on client calls; a ``ray.get``
+    that Ray shuts down under never returns, and the process then hangs at exit joining
+    that thread. The calls of killed actors fail within moments; each worker then takes
+    its future out of ``_future_to_actor``.
+    """
+    deadline = time.monotonic() + CALLS_WAIT
+    while pool._future_to_actor and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def install() -> None:

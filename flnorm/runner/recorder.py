@@ -16,6 +16,7 @@ from flnorm.diagnostics import TOP_SINGULAR_VALUES
 from flnorm.protocol import CLIENT, NUM_EXAMPLES
 from flnorm.records import torch_state
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
+from flnorm.runner.progress import Progress
 from flnorm.runner.rundir import METRICS_FILE, RunDirectory
 from flnorm.task import new_model
 from flnorm.training import Standardize, evaluate
@@ -56,8 +57,9 @@ class RoundRecorder:
     ``sv1..sv5`` of client ``diag_client``'s feature matrix ``Z / sqrt(n)``.
     """
 
-    def __init__(self, cfg: ExperimentConfig, rundir: RunDirectory, replies: ReplyLog) -> None:
+    def __init__(self, cfg: ExperimentConfig, rundir: RunDirectory, replies: ReplyLog, progress: Progress) -> None:
         self.cfg = cfg
+        self.progress = progress
         self.rundir = rundir
         self.replies = replies
         self.device = resolve_device(cfg.device)
@@ -95,7 +97,7 @@ class RoundRecorder:
         else:
             union_acc, union_loss = self.union_eval(arrays)
         if server_round == 0:
-            log.info("round 0: initial model, union accuracy %.4f", union_acc)
+            self.progress.note(f"round 0: initial model, union accuracy {union_acc:.4f}")
             self.started = self.last = time.perf_counter()
             return MetricRecord({"union_accuracy": union_acc, "union_loss": union_loss})
         train, test = self.replies.take()
@@ -126,14 +128,14 @@ class RoundRecorder:
         self.rundir.append_metrics({**row, "bn_eval": self.cfg.bn_eval_mode, "union_bn_eval": self.union_mode})
         self.rundir.append_clients(self._client_rows(server_round, train, test))
         if math.isnan(union_acc):
-            log.info("round %d/%d: train_loss %.4f, %.2f s (no evaluation this round)",
-                     server_round, self.cfg.rounds, row["train_loss"], row["seconds"])
+            self.progress.step(f"train_loss {row['train_loss']:.4f}, {row['seconds']:.2f} s (no evaluation this "
+                               "round)", f"loss {row['train_loss']:.3f}")
             return MetricRecord({k: float(v) for k, v in row.items() if not math.isnan(float(v))})
-        log.info(
-            "round %d/%d: test_accuracy %.4f (global model, mean over clients), personal %.4f, "
-            "union %.4f, train_loss %.4f, %.2f s",
-            server_round, self.cfg.rounds, row["test_accuracy"], row["personal_accuracy"], union_acc,
-            row["train_loss"], row["seconds"],
+        self.progress.step(
+            f"test_accuracy {row['test_accuracy']:.4f} (global model, mean over {len(evaluated)} clients), "
+            f"personal {row['personal_accuracy']:.4f}, union {union_acc:.4f}, train_loss {row['train_loss']:.4f}, "
+            f"{row['seconds']:.2f} s",
+            f"acc {row['test_accuracy']:.3f}, union {union_acc:.3f}, loss {row['train_loss']:.3f}",
         )
         return MetricRecord({k: float(v) for k, v in row.items()})
 

@@ -8,6 +8,8 @@ binds a config directly, for in-process simulations.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,9 +21,10 @@ from flnorm.config import ExperimentConfig
 from flnorm.device import resolve_device
 from flnorm.records import array_record, numpy_state, torch_state
 from flnorm.runner.checkpoint import (
-    Checkpoint, restore_strategy_state, resume_point, save_checkpoint, strategy_state,
+    Checkpoint, discard_partial_write, restore_strategy_state, resume_point, save_checkpoint, strategy_state,
 )
 from flnorm.runner.monitor import ReplyLog
+from flnorm.runner.progress import Progress
 from flnorm.runner.recorder import RoundRecorder
 from flnorm.runner.rundir import RunDirectory, default_run_dir
 from flnorm.task import new_model
@@ -29,6 +32,7 @@ from strategies import build_strategy
 
 log = logging.getLogger("flnorm")
 NODE_POLL = 0.1  # seconds between checks of the connected nodes before round 1
+SIMULATED_NODES_SETTLE = 1.0  # seconds a simulation's node count must hold to be final
 
 
 def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
@@ -60,8 +64,12 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
         )
     wait_for_nodes(grid, cfg.clients, cfg.node_timeout)
     replies = ReplyLog(grid, experiment=ConfigRecord(cfg.client_record()))
-    recorder = RoundRecorder(cfg, rundir, replies)
-    arrays = run_rounds(strategy, replies, arrays, cfg, recorder, first_round, rundir.path)
+    progress = Progress(cfg.run_name, cfg.rounds, done=first_round - 1)
+    try:
+        recorder = RoundRecorder(cfg, rundir, replies, progress)
+        arrays = run_rounds(strategy, replies, arrays, cfg, recorder, first_round, rundir.path)
+    finally:
+        progress.close()
     rundir.save_model(torch_state(arrays))
     log.info("flnorm run finished: results in %s", rundir.path)
     return rundir.path
@@ -100,18 +108,29 @@ def run_rounds(
 
 
 def _resume_point(rundir: RunDirectory, cfg: ExperimentConfig) -> Checkpoint:
-    """The checkpoint to continue from (``resume_point``); later CSV rows are dropped."""
+    """The checkpoint to continue from (``resume_point``); later CSV rows are dropped, and
+    a checkpoint write cut short (its ``.tmp`` file) is removed."""
     ckpt = resume_point(rundir.path, cfg)
     rundir.truncate(ckpt.round)
+    discard_partial_write(rundir.path)
     return ckpt
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
-    """Wait until exactly ``expected`` nodes are connected, or fail with what to change."""
-    deadline = time.monotonic() + timeout
-    next_log = 0.0
+    """Wait until exactly ``expected`` nodes are connected, or fail with what to change.
+
+    In a simulation every node registers at start-up, so a count that holds for
+    ``SIMULATED_NODES_SETTLE`` seconds is final and a mismatch fails at once; deployed
+    SuperNodes may connect later, so they get ``timeout`` seconds.
+    """
+    start = time.monotonic()
+    simulated = _simulated(grid)
+    next_log, last, since = 0.0, -1, start
     while True:
         connected = len(list(grid.get_node_ids()))
+        now = time.monotonic()
+        if connected != last:
+            last, since = connected, now
         if connected > expected:
             raise RuntimeError(
                 f"{connected} nodes are connected but the run has clients={expected}; "
@@ -119,16 +138,24 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
             )
         if connected == expected:
             return
-        if time.monotonic() > deadline:
+        settled = simulated and connected > 0 and now - since >= SIMULATED_NODES_SETTLE
+        if settled or now - start > timeout:
             raise RuntimeError(
-                f"only {connected} of clients={expected} nodes connected within {timeout:g} s; "
+                f"only {connected} of clients={expected} nodes connected"
+                f"{' (the simulation has no more)' if settled else f' within {timeout:g} s'}; "
                 f"start more SuperNodes (flwr run: --federation-config num-supernodes={expected}) "
                 f"or set clients={connected}"
             )
-        if time.monotonic() >= next_log:
+        if now >= next_log:
             log.info("waiting for nodes: %d of %d connected", connected, expected)
-            next_log = time.monotonic() + 10
+            next_log = now + 10
         time.sleep(NODE_POLL)
+
+
+def _simulated(grid: Grid) -> bool:
+    """Whether ``grid`` is a simulation's in-memory grid (its module is loaded only then)."""
+    module = sys.modules.get("flwr.superlink.grid")
+    return module is not None and isinstance(grid, module.InMemoryGrid)
 
 
 def _ensure_logging() -> None:
@@ -140,13 +167,22 @@ def _ensure_logging() -> None:
         log.propagate = False
 
 
-def make_server_app(cfg: ExperimentConfig) -> ServerApp:
-    """A ServerApp bound to ``cfg`` (its ``context.run_config`` is ignored)."""
+def make_server_app(
+    cfg: ExperimentConfig, running: threading.Event | None = None, ended: threading.Event | None = None
+) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (its ``context.run_config`` is ignored). ``running`` is set
+    when it starts, ``ended`` when it returns or fails (Flower runs it in a thread of its own)."""
     bound = ServerApp()
 
     @bound.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, cfg)
+        if running is not None:
+            running.set()
+        try:
+            run_server(grid, cfg)
+        finally:
+            if ended is not None:
+                ended.set()
 
     return bound
 

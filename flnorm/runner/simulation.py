@@ -6,8 +6,10 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,13 @@ from flnorm.config import ExperimentConfig
 from flnorm.data.federated import load_partition
 from flnorm.errors import ConfigError
 from flnorm.runner.checkpoint import resume_point
+from flnorm.runner.progress import flower_log
 from flnorm.runner.rundir import METRICS_FILE, default_run_dir
+from flnorm.runner.stopping import Stopped, deferred, reclaim_signals, stop_on_signals, stopping_active
 from flnorm.task import new_model
 
 log = logging.getLogger("flnorm")
+SERVER_STOP_WAIT = 30.0  # seconds the ServerApp gets to finish its step after a stop signal
 
 
 def backend_config(cfg: ExperimentConfig) -> dict:
@@ -52,12 +57,28 @@ def start_ray(cfg: ExperimentConfig) -> bool:
         return False
     paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _ray_keeps_sigterm_handler():
         # Ray's notice that it may stop hiding GPUs from tasks that ask for none; flnorm
         # relies on the hiding (a client with num-gpus=0 trains on the CPU).
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
         ray.init(include_dashboard=False, **backend_config(cfg)["init_args"])
+    reclaim_signals()  # Ray's core worker has installed a C++ SIGTERM handler
     return True
+
+
+@contextmanager
+def _ray_keeps_sigterm_handler() -> Iterator[None]:
+    """Inside ``stop_on_signals``, keep ``ray.init`` from installing its driver's Python SIGTERM
+    handler (``sys.exit(15)`` at any point of start-up)."""
+    from ray._private import utils
+
+    original = utils.set_sigterm_handler
+    if stopping_active():
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = original
 
 
 def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -128,27 +149,45 @@ def run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None = None) -> 
 
     Flower's simulation modules (about 2 s of imports here) load in a thread while
     ``ray.init`` waits for Ray's processes to come up.
+
+    SIGINT and SIGTERM raise ``stopping.Stopped`` (see ``stop_on_signals``): the engine and
+    Ray are stopped, the ServerApp ends at its next wait, and the run directory holds the
+    last complete round's checkpoint, ready for ``resume``.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flnorm-import") as pool:
-        flower_side = pool.submit(_import_flower_side)
-        started = start_ray(cfg)
-        run_simulation, flnorm_client_app, make_server_app = flower_side.result()
+    with stop_on_signals():
+        return _run_prepared(cfg, client_app)
+
+
+def _run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None) -> pd.DataFrame:
+    started = False
+    server_running, server_ended = threading.Event(), threading.Event()
     try:
-        with warnings.catch_warnings():
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flnorm-import") as pool, deferred():
+            flower_side = pool.submit(_import_flower_side)
+            started = start_ray(cfg)
+            run_simulation, flnorm_client_app, make_server_app = flower_side.result()
+        with warnings.catch_warnings(), flower_log(cfg.verbose):
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
-                server_app=make_server_app(cfg),
+                server_app=make_server_app(cfg, server_running, server_ended),
                 client_app=client_app or flnorm_client_app,
                 num_supernodes=cfg.clients,
                 backend_config=backend_config(cfg),
             )
+    except Stopped:
+        # Flower has stopped the engine; the ServerApp ends at its next wait for replies,
+        # after finishing what it was doing (a checkpoint write included).
+        if server_running.is_set():
+            server_ended.wait(SERVER_STOP_WAIT)
+        raise
     finally:
-        from flnorm.runner import ray_backend
+        if started:  # (a stop inside ``import ray`` leaves the module half imported)
+            from flnorm.runner import ray_backend
 
-        if started and not ray_backend.keeping_ray():
-            import ray
+            if not ray_backend.keeping_ray():
+                import ray
 
-            ray.shutdown()  # Flower's backend normally has; a no-op then
+                ray.shutdown()  # Flower's backend normally has; a no-op then
     return load_metrics(cfg.out)
 
 
