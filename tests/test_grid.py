@@ -33,6 +33,9 @@ def test_cells_are_variants_times_axes(tmp_path):
 def test_bad_grids_fail_before_anything_runs(tmp_path, axes, variants, message):
     with pytest.raises(ConfigError, match=message):
         grid_cells(ExperimentConfig(), axes, tmp_path, variants)
+    with pytest.raises(ConfigError, match=message):
+        run_grid(ExperimentConfig(), out=tmp_path / "grid", variants=variants, **axes)
+    assert not (tmp_path / "grid").exists()  # nothing written
 
 
 @pytest.mark.slow
