@@ -12,6 +12,7 @@ FedBN/SiloBN train with them, and every client reports a personalized accuracy w
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
 
@@ -21,8 +22,8 @@ from flwr.clientapp import ClientApp
 from flnorm.bn.precise import moments_to_arrays
 from flnorm.config import ExperimentConfig
 from flnorm.protocol import (
-    ACCEPTED, BN_FROZEN, BN_MOMENTS, CLIENT, EXPERIMENT, INSTRUCTIONS, METRICS, MODEL, MOMENTS,
-    NUM_EXAMPLES, PROXIMAL_MU, SERVER_ROUND,
+    ACCEPTED, BN_FROZEN, BN_MOMENTS, CLIENT, CUDA_DEVICES, EXPERIMENT, INSTRUCTIONS, METRICS, MODEL,
+    MOMENTS, NUM_EXAMPLES, PLACEMENT, PROXIMAL_MU, RAY_NODE, SERVER_ROUND,
 )
 from flnorm.records import torch_state
 from flnorm.task import ClientTask, personal_keys
@@ -104,8 +105,17 @@ def train(msg: Message, context: Context) -> Message:
     if task.layout:
         context.state[BN_STATE] = ArrayRecord(task.bn_state())
     metrics[SERVER_ROUND] = server_round
-    content = RecordDict({MODEL: ArrayRecord(task.shared_state()), METRICS: MetricRecord(metrics)})
+    content = RecordDict({
+        MODEL: ArrayRecord(task.shared_state()), METRICS: MetricRecord(metrics), PLACEMENT: placement(),
+    })
     return Message(content=content, reply_to=msg)
+
+
+def placement() -> ConfigRecord:
+    """Where this client runs: its Ray node (inside a Ray actor) and the GPUs its process sees."""
+    ray = sys.modules.get("ray")  # loaded in a Ray actor; never imported here for a SuperNode
+    node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+    return ConfigRecord({RAY_NODE: node, CUDA_DEVICES: os.environ.get("CUDA_VISIBLE_DEVICES", "")})
 
 
 @app.evaluate()

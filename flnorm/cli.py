@@ -158,6 +158,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except Stopped as stop:
         print(f"flnorm run: {stop}; {_resume_hint(cfg)}", file=sys.stderr)
         return stop.exit_code
+    except ConfigError as exc:  # found on joining a Ray cluster: nothing was written
+        parser.exit(2, f"flnorm run: error: {exc}\n")
     except Exception as exc:  # noqa: BLE001 - report any failure and exit non-zero
         print(f"flnorm run: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"flnorm run: partial results (if any) are in {cfg.out}", file=sys.stderr)

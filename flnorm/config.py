@@ -87,6 +87,9 @@ class ExperimentConfig:
                              "execution")
     ray_cpus: int = _field(0, "CPUs Ray may use for the whole simulation (0 = all of this machine's)",
                            "execution")
+    ray_address: str = _field("", "a running Ray cluster to run the clients on (host:port; 'auto' finds "
+                              "one started on this machine); empty: RAY_ADDRESS if set, else a Ray "
+                              "started here for the run", "execution")
     data_dir: str = _field("data", "where torchvision datasets live / are downloaded", "execution")
     download: bool = _field(True, "download torchvision datasets when missing", "execution")
     out: str = _field("", "run directory (default runs/<name>-<timestamp>)", "execution")

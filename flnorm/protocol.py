@@ -32,6 +32,7 @@ INSTRUCTIONS = "config"
 MODEL = "arrays"
 METRICS = "metrics"
 MOMENTS = "moments"
+PLACEMENT = "placement"  # train replies: where the client ran (RAY_NODE, CUDA_DEVICES)
 
 # Instruction keys.
 SERVER_ROUND = "server-round"
@@ -41,6 +42,11 @@ BN_FROZEN = "bn-frozen"
 # Metric keys every reply carries: the Flower weight and the client's partition id.
 NUM_EXAMPLES = "num-examples"
 CLIENT = "client"
+
+# Placement keys: the Ray node id of the client's actor ("" outside Ray) and the
+# CUDA_VISIBLE_DEVICES its process saw ("" when unset).
+RAY_NODE = "ray-node"
+CUDA_DEVICES = "cuda-visible-devices"
 
 #: What a client does with each instruction key.
 INSTRUCTION_KEYS: dict[str, str] = {

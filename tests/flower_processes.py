@@ -59,3 +59,11 @@ def stop_tree(pids: list[int], timeout: float = 10.0) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return sorted(procs)
+
+
+def stop_session(sid: int, timeout: float = 10.0) -> list[int]:
+    """Terminate every process of session ``sid`` (e.g. what ``ray start`` left running after
+    being started with ``start_new_session=True``: its daemons keep its session id)."""
+    pids = [p.pid for p in psutil.process_iter(["status"])
+            if _sid(p.pid) == sid and p.info["status"] != psutil.STATUS_ZOMBIE]  # zombies run nothing
+    return stop_tree(pids, timeout) if pids else []

@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
 
-from flnorm.protocol import EXPERIMENT
+from flnorm.protocol import EXPERIMENT, PLACEMENT
 from flnorm.records import nonfinite_update
 
 
@@ -70,8 +70,9 @@ class ReplyLog:
                 if rejected:  # the strategy leaves it out too (strategies.fedavg)
                     phase.errors.append(f"node {reply.metadata.src_node_id}: rejected, {rejected}")
                     continue
+                placement = dict(reply.content[PLACEMENT]) if PLACEMENT in reply.content else {}
                 for record in reply.content.metric_records.values():
-                    row = dict(record)
+                    row = {**dict(record), **placement}
                     row["node_id"] = reply.metadata.src_node_id
                     phase.metrics.append(row)
         return replies

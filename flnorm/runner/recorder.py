@@ -13,7 +13,7 @@ from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.device import place, resolve_device
 from flnorm.diagnostics import TOP_SINGULAR_VALUES
-from flnorm.protocol import CLIENT, NUM_EXAMPLES
+from flnorm.protocol import CLIENT, CUDA_DEVICES, NUM_EXAMPLES, RAY_NODE
 from flnorm.records import torch_state
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
 from flnorm.runner.progress import Progress
@@ -177,6 +177,7 @@ class RoundRecorder:
             by_client.setdefault(int(m[CLIENT]), {}).update(
                 train_loss=m["train_loss"], num_train=m[NUM_EXAMPLES], fit_seconds=m["fit_seconds"],
                 feature_norm=m.get("feature_norm", math.nan),
+                ray_node=m.get(RAY_NODE, ""), cuda_visible_devices=m.get(CUDA_DEVICES, ""),
             )
         for m in test.metrics:
             by_client.setdefault(int(m[CLIENT]), {}).update(
@@ -188,6 +189,7 @@ class RoundRecorder:
         columns = ("train_loss", "num_train", "fit_seconds", "feature_norm", "test_accuracy",
                    "test_loss", "personal_accuracy", "num_test")
         return [
-            {"round": server_round, CLIENT: c, **{k: v.get(k, math.nan) for k in columns}}
+            {"round": server_round, CLIENT: c, **{k: v.get(k, math.nan) for k in columns},
+             "ray_node": v.get("ray_node", ""), "cuda_visible_devices": v.get("cuda_visible_devices", "")}
             for c, v in sorted(by_client.items())
         ]

@@ -42,27 +42,60 @@ def backend_config(cfg: ExperimentConfig) -> dict:
     }
 
 
+def cluster_address(cfg: ExperimentConfig) -> str:
+    """The Ray cluster the clients run on: ``ray-address``, else ``RAY_ADDRESS``; "" for a Ray started here."""
+    return cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
+
+
+def check_cluster(cfg: ExperimentConfig, nodes: list[dict[str, Any]]) -> None:
+    """``ConfigError`` unless some live node of the cluster can hold one client's resources.
+
+    ``nodes`` is ``ray.nodes()``. The driver machine's own devices do not matter: a
+    CPU-only head node may drive clients on GPU workers.
+    """
+    live = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cfg.num_cpus and r.get("GPU", 0) >= cfg.num_gpus for r in live):
+        return
+    have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in live) or "no live node"
+    raise ConfigError(f"no node of the Ray cluster at {cluster_address(cfg)} can hold a client with "
+                      f"num-cpus={cfg.num_cpus} and num-gpus={cfg.num_gpus:g} (nodes: {have})")
+
+
 def start_ray(cfg: ExperimentConfig) -> bool:
-    """Start a local Ray instance for Flower's backend; False if Ray is already up or remote.
+    """Start (or join) the Ray instance for Flower's backend; False if Ray is already up.
 
     Flower's backend starts Ray itself when none is running, with a ``runtime_env`` that
     only sets ``PYTHONPATH``; that runtime environment costs about a second of start-up.
     Workers of a local Ray inherit this process's environment, so setting
-    ``PYTHONPATH`` here does the same for free. Flower shuts Ray down at the end of the run.
-    With ``RAY_ADDRESS`` set (an existing cluster) Flower's own start is kept.
+    ``PYTHONPATH`` here does the same for free. With a cluster address this process joins
+    the cluster as its driver (the cluster's nodes need flnorm installed) after checking
+    that a client fits on one of its nodes. Flower shuts Ray down (or disconnects) at the
+    end of the run.
     """
     import ray
 
-    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+    if ray.is_initialized():
         return False
-    paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    address = cluster_address(cfg)
+    init_args = backend_config(cfg)["init_args"]
+    if address:
+        init_args = {k: v for k, v in init_args.items() if k != "num_cpus"} | {"address": address}
+    else:
+        paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+        init_args = init_args | {"include_dashboard": False}
     with warnings.catch_warnings(), _ray_keeps_sigterm_handler():
         # Ray's notice that it may stop hiding GPUs from tasks that ask for none; flnorm
         # relies on the hiding (a client with num-gpus=0 trains on the CPU).
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
-        ray.init(include_dashboard=False, **backend_config(cfg)["init_args"])
+        ray.init(**init_args)
     reclaim_signals()  # Ray's core worker has installed a C++ SIGTERM handler
+    if address:
+        try:
+            check_cluster(cfg, ray.nodes())
+        except ConfigError:
+            ray.shutdown()
+            raise
     return True
 
 
@@ -89,11 +122,16 @@ def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
     divide its channels), an unloadable dataset or impossible partition, an ``out`` that
     is not writable or already holds a run, and a resume that cannot continue.
     """
-    if cfg.num_gpus > 0 and not torch.cuda.is_available():
-        raise ConfigError(f"num-gpus={cfg.num_gpus} per client, but no CUDA device is visible")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda, but no CUDA device is visible (use auto or cpu)")
-    if not os.environ.get("RAY_ADDRESS"):
+    if cluster_address(cfg):  # its resources are checked when this process joins it
+        if cfg.ray_cpus:
+            raise ConfigError(f"ray-cpus={cfg.ray_cpus} sizes a Ray started here; the cluster at "
+                              f"{cluster_address(cfg)} has its own resources")
+    else:
+        if cfg.num_gpus > 0 and not torch.cuda.is_available():
+            raise ConfigError(f"num-gpus={cfg.num_gpus} per client, but no CUDA device is visible "
+                              "(GPUs on other machines: give the Ray cluster's address, --ray-address)")
         cpus = cfg.ray_cpus or os.cpu_count() or 1
         if cfg.num_cpus > cpus:
             raise ConfigError(f"num-cpus={cfg.num_cpus} per client, but Ray has {cpus} CPUs here "
