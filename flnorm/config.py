@@ -23,6 +23,7 @@ from flnorm.data.partition import PARTITION_FORMS, PartitionSpec
 from flnorm.errors import ConfigError, unknown_choice
 from flnorm.models.registry import MODELS
 from flnorm.norms import NORM_CHOICES, POSITIONS, NormSpec
+from flnorm.precision import PRECISIONS, autocast_dtype
 from flnorm.protocol import CONTRACTS, StrategyContract, contract
 
 STRATEGIES: tuple[str, ...] = tuple(CONTRACTS)
@@ -78,6 +79,9 @@ class ExperimentConfig:
     fraction_train: float = _field(1.0, "fraction of clients sampled for training each round")
     fraction_evaluate: float = _field(1.0, "fraction of clients sampled for evaluation (when a round evaluates)")
     seed: int = _field(0, "seed for partition, model init and client batches")
+    precision: str = _field("fp32", f"local training's forward pass and loss: {_choices(PRECISIONS)} "
+                            "(bf16/fp16 autocast; norms, statistics, updates, evaluation and "
+                            "aggregation stay fp32)")
     channels_last: bool = _field(True, "conv weights and inputs in channels-last memory format "
                                  "(faster convolutions, same numbers to float rounding)", "execution")
     device: str = _field("auto", f"device: {_choices(DEVICES)}", "execution")
@@ -111,6 +115,7 @@ class ExperimentConfig:
             raise unknown_choice("strategy", self.strategy, STRATEGIES)
         if self.device not in DEVICES:
             raise unknown_choice("device", self.device, DEVICES)
+        autocast_dtype(self.precision)  # refuses an unknown name with the valid ones
         if self.bn_eval not in BN_EVAL:
             raise unknown_choice("bn-eval", self.bn_eval, BN_EVAL)
         if self.bn_eval == "precise" and self.strategy != "precisebn":
