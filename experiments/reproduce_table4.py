@@ -34,8 +34,7 @@ from typing import Any
 import pandas as pd
 
 from flnorm import ExperimentConfig, run_experiment
-from flnorm.errors import ConfigError
-from flnorm.runner.checkpoint import resume_point
+from flnorm.runner.checkpoint import resumable
 from flnorm.runner.progress import Progress
 from flnorm.runner.stopping import Stopped, stop_on_signals
 
@@ -129,10 +128,9 @@ def run(grid: Grid, args: argparse.Namespace, progress: Progress) -> None:
         if kept(path, rounds):
             continue
         cfg = base.replace(out=str(Path(args.out) / grid.name / name), **changes)
-        try:
-            resume_point(cfg.out, cfg)
+        if resumable(cfg.out, cfg):
             cfg = cfg.replace(resume=True)
-        except ConfigError:
+        else:
             shutil.rmtree(cfg.out, ignore_errors=True)  # nothing that can continue
         try:
             metrics = run_experiment(cfg)

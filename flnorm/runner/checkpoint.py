@@ -120,6 +120,15 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         return previous
 
 
+def resumable(run_dir: str | Path, cfg: ExperimentConfig) -> bool:
+    """Whether ``run_dir`` holds an interrupted run of ``cfg`` that ``resume`` can continue."""
+    try:
+        resume_point(run_dir, cfg)
+    except ConfigError:
+        return False
+    return True
+
+
 def resume_point(run_dir: str | Path, cfg: ExperimentConfig) -> Checkpoint:
     """The checkpoint a resumed ``cfg`` continues from, after every check a resume needs.
 

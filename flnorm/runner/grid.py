@@ -27,6 +27,7 @@ import pandas as pd
 
 from flnorm.config import ExperimentConfig
 from flnorm.errors import ConfigError, unknown_choice
+from flnorm.runner.checkpoint import resumable
 from flnorm.runner.progress import Progress
 from flnorm.runner.rundir import METRICS_FILE, MODEL_FILE
 from flnorm.runner.stopping import Stopped, stop_on_signals
@@ -134,23 +135,12 @@ def _run_subprocess(cell: Cell) -> None:
         raise RuntimeError((reported or last or [f"exit code {proc.returncode}"])[0])
 
 
-def _resumable(cell: Cell) -> bool:
-    """Whether the cell's directory holds an interrupted run of it that can continue."""
-    from flnorm.runner.checkpoint import resume_point
-
-    try:
-        resume_point(cell.cfg.out, cell.cfg)
-    except ConfigError:
-        return False
-    return True
-
-
 def _attempt(cell: Cell, in_process: bool) -> tuple[str, str, float]:
     """Run one cell; return (status, error, seconds). Partial results of a failed try are replaced."""
     out = Path(cell.cfg.out)
     if cell.finished():
         return "done", "", 0.0
-    if _resumable(cell):  # an interrupted earlier attempt: continue it
+    if resumable(cell.cfg.out, cell.cfg):  # an interrupted earlier attempt: continue it
         cell = dataclasses.replace(cell, cfg=cell.cfg.replace(resume=True))
         (out / ERROR_FILE).unlink(missing_ok=True)
     elif out.exists():

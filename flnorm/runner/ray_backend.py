@@ -37,7 +37,6 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
 from flnorm.runner.actor import ClientActor
-from flnorm.runner.stopping import reclaim_signals
 
 QUEUE_DEPTH = 2
 CALLS_WAIT = 10.0  # seconds the calls of killed actors get to fail before Ray stops
@@ -46,12 +45,7 @@ _keep_ray = False
 
 
 def _build(self: RayBackend, app_fn: Callable[[], Any]) -> None:
-    """``RayBackend.build`` with flnorm's actor class, each actor listed ``QUEUE_DEPTH`` times.
-
-    Called in the main thread after Flower's backend may have started Ray, which replaces
-    the SIGTERM handler: flnorm's is put back first.
-    """
-    reclaim_signals()
+    """``RayBackend.build`` with flnorm's actor class, each actor listed ``QUEUE_DEPTH`` times."""
     pool = BasicActorPool(
         actor_type=ClientActor, client_resources=self.client_resources, actor_kwargs=self.actor_kwargs
     )

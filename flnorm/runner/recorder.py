@@ -186,10 +186,10 @@ class RoundRecorder:
                 personal_accuracy=m["personal_accuracy"] if m[NUM_EXAMPLES] else math.nan,
                 num_test=m[NUM_EXAMPLES],
             )
-        columns = ("train_loss", "num_train", "fit_seconds", "feature_norm", "test_accuracy",
-                   "test_loss", "personal_accuracy", "num_test")
+        defaults = {**dict.fromkeys(("train_loss", "num_train", "fit_seconds", "feature_norm", "test_accuracy",
+                                      "test_loss", "personal_accuracy", "num_test"), math.nan),
+                    "ray_node": "", "cuda_visible_devices": ""}
         return [
-            {"round": server_round, CLIENT: c, **{k: v.get(k, math.nan) for k in columns},
-             "ray_node": v.get("ray_node", ""), "cuda_visible_devices": v.get("cuda_visible_devices", "")}
+            {"round": server_round, CLIENT: c, **{k: v.get(k, d) for k, d in defaults.items()}}
             for c, v in sorted(by_client.items())
         ]
