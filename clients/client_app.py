@@ -26,11 +26,13 @@ from flnorm.protocol import (
     MOMENTS, NUM_EXAMPLES, PLACEMENT, PROXIMAL_MU, RAY_NODE, SERVER_ROUND,
 )
 from flnorm.records import torch_state
+from flnorm.runner.engine import adopt_in_flower_simulation
 from flnorm.task import ClientTask, personal_keys
 
 BN_STATE = "flnorm.bn"  # the client's own BN tensors in context.state
 
 app = ClientApp()
+adopt_in_flower_simulation()  # under `flwr run`; see flnorm.runner.engine
 
 
 @lru_cache(maxsize=8)

@@ -41,12 +41,14 @@ def timed(owner: Any, name: str, label: str) -> None:
 
 
 def instrument_flower_side() -> None:
-    """Mark the actors' creation and the first replies (after Flower's modules loaded)."""
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
-    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+    """Mark the actors' creation and the first replies (after Flower's modules loaded).
 
-    timed(RayBackend, "build", "Ray actors created")
-    store = InMemoryLinkState.store_message_res
+    The functions wrapped are flnorm's engine changes, which the run applies
+    (``flnorm.runner.engine``) after this."""
+    from flnorm.runner import dispatch, ray_backend
+
+    timed(ray_backend, "_build", "Ray actors created")
+    store = dispatch._store_message_res
     count = [0]
 
     def store_reply(self: Any, message: Any) -> Any:
@@ -55,7 +57,7 @@ def instrument_flower_side() -> None:
             mark(f"reply {count[0]} stored (an actor imported torch + flwr.clientapp and trained a client)")
         return store(self, message)
 
-    InMemoryLinkState.store_message_res = store_reply  # type: ignore[method-assign]
+    dispatch._store_message_res = store_reply
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
+from flwr.server.superlink.fleet import vce
 from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
@@ -18,7 +20,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
-from flnorm.runner import dispatch
+from flnorm.runner import dispatch, engine, ray_backend
+from flnorm.runner.engine import engine_changes
 
 
 @pytest.fixture(autouse=True)
@@ -89,12 +92,11 @@ def test_only_the_given_nodes_and_expired_messages_dropped(monkeypatch):
 
 @pytest.fixture
 def installed(monkeypatch):
-    """``dispatch.install()`` undone after the test; no fallback wake-up within the test."""
-    for owner, name in ((vce_api, "add_messages_to_queue"), (InMemoryLinkState, "store_message_ins"),
-                        (InMemoryLinkState, "store_message_res"), (InMemoryGrid, "send_and_receive")):
-        monkeypatch.setattr(owner, name, getattr(owner, name))
+    """flnorm's engine for the test; no fallback wake-up within the test."""
     monkeypatch.setattr(dispatch, "FALLBACK_WAIT", 600.0)  # only a stored message can wake a wait
-    dispatch.install()
+    with engine_changes() as applied:
+        assert applied
+        yield
 
 
 def _reply(state, msg: Message) -> None:
@@ -103,9 +105,31 @@ def _reply(state, msg: Message) -> None:
     assert state.store_message_res(reply)
 
 
-def test_install_replaces_flowers_loops(installed):
-    assert vce_api.add_messages_to_queue is dispatch.add_messages_to_queue
-    assert InMemoryGrid.send_and_receive is dispatch.send_and_receive
+def test_engine_changes_replace_flowers_loops_and_put_them_back():
+    flowers = vce_api.add_messages_to_queue, InMemoryGrid.send_and_receive, vce.start_vce
+    with engine_changes():
+        with engine_changes():  # nested: one application
+            assert vce_api.add_messages_to_queue is dispatch.add_messages_to_queue
+            assert InMemoryGrid.send_and_receive is dispatch.send_and_receive
+        assert engine.active() and RayBackend.build is ray_backend._build
+    assert (vce_api.add_messages_to_queue, InMemoryGrid.send_and_receive, vce.start_vce) == flowers
+    assert not engine.active() and RayBackend.build is not ray_backend._build
+
+
+def test_other_flower_release_left_untouched(monkeypatch, caplog):
+    monkeypatch.setattr(engine, "FLOWER_VERSION", "0.0.1")
+    monkeypatch.setattr(engine, "_warned", False)
+    flowers = vce_api.add_messages_to_queue
+    with caplog.at_level("WARNING", logger="flnorm"), engine_changes() as applied, engine_changes():
+        assert not applied and not engine.active()
+        assert vce_api.add_messages_to_queue is flowers
+    lines = [r.getMessage() for r in caplog.records if "written for Flower 0.0.1" in r.getMessage()]
+    assert len(lines) == 1 and "unchanged" in lines[0]
+
+
+def test_adopted_only_in_flowers_simulation_process():
+    engine.adopt_in_flower_simulation()  # pytest is not flwr-simulation
+    assert not engine.active()
 
 
 def test_dispatcher_wakes_when_an_instruction_is_stored(installed):

@@ -73,6 +73,8 @@ def test_flwr_run_completes_and_writes_run_dir(flwr, tmp_path):
     assert list(metrics["round"]) == [1, 2]
     assert metrics["test_accuracy"].notna().all()
     assert (out / "model.pt").exists()
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["engine"] == "flnorm"  # Flower's simulation process adopted flnorm's engine
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["clients"] == 3 and saved["norm"] == "bn" and saved["strategy"] == "precisebn"
     assert set(metrics["bn_eval"]) == {"precise"}

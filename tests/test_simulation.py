@@ -62,6 +62,13 @@ def test_python_api_fn_fedprox_learns(tmp_path):
     _check_run_dir(tmp_path / "fn", cfg)
     assert metrics["union_accuracy"].iloc[-1] > 0.5  # chance is 0.1
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+    resolved = json.loads((tmp_path / "fn" / "config.json").read_text())["resolved"]
+    assert resolved["engine"] == "flnorm"
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    from flnorm.runner import engine, ray_backend
+
+    assert not engine.active() and RayBackend.build is not ray_backend._build  # Flower's code is back
 
 
 def test_failing_run_exits_non_zero_and_keeps_results(tmp_path, monkeypatch, capsys):

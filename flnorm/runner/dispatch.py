@@ -13,7 +13,7 @@ phase:
 On the paper CNN's 1-2 s rounds that is up to 0.4 s of waiting a round; with 1,000 nodes a
 poll walks 100 sampled messages 1,000 times.
 
-``install()`` makes both sides wake on events instead. The in-memory LinkState sets an
+With ``changes()`` applied (``flnorm.runner.engine``), both sides wake on events instead. The in-memory LinkState sets an
 event when it stores an instruction and another when it stores a reply; the dispatcher
 walks the store once per wake-up with Flower's rules (at most one undelivered message per
 node, expired messages and messages outside the run's federation dropped by the state's
@@ -21,7 +21,7 @@ own check, ``delivered_at`` stamped), and ``send_and_receive`` pulls once per st
 reply. Both still re-check every ``FALLBACK_WAIT`` seconds, for the stop flag and for
 expiries. A LinkState other than the in-memory one keeps Flower's loops.
 
-``install()`` also ties each run's LinkState to the engine's stop event (``f_stop``, set
+The changes also tie each run's LinkState to the engine's stop event (``f_stop``, set
 when the engine ends: finished, crashed or interrupted). Flower's reply wait never looks
 at it, so a ServerApp whose engine died waited ``round_timeout`` for replies that could
 not come; here the wait raises ``EngineStopped`` within ``FALLBACK_WAIT``.
@@ -164,10 +164,13 @@ def send_and_receive(
     return replies
 
 
-def install() -> None:
-    """Use the event-driven flow in simulations started in this process from now on."""
-    InMemoryLinkState.store_message_ins = _store_message_ins  # type: ignore[method-assign]
-    InMemoryLinkState.store_message_res = _store_message_res  # type: ignore[method-assign]
-    InMemoryGrid.send_and_receive = send_and_receive  # type: ignore[method-assign]
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    vce.start_vce = _start_vce
+def changes() -> list[tuple[object, str, object]]:
+    """``(owner, attribute, replacement)`` for each function of Flower this module replaces
+    (applied and undone by ``flnorm.runner.engine``)."""
+    return [
+        (InMemoryLinkState, "store_message_ins", _store_message_ins),
+        (InMemoryLinkState, "store_message_res", _store_message_res),
+        (InMemoryGrid, "send_and_receive", send_and_receive),
+        (vce_api, "add_messages_to_queue", add_messages_to_queue),
+        (vce, "start_vce", _start_vce),
+    ]

@@ -87,10 +87,10 @@ def _await_calls(pool: BasicActorPool) -> None:
         time.sleep(0.01)
 
 
-def install() -> None:
-    """Apply the changes to simulations started in this process from now on."""
-    RayBackend.build = _build  # type: ignore[method-assign]
-    RayBackend.terminate = _terminate  # type: ignore[method-assign]
+def changes() -> list[tuple[object, str, object]]:
+    """``(owner, attribute, replacement)`` for each method of Flower's Ray backend replaced here
+    (applied and undone by ``flnorm.runner.engine``)."""
+    return [(RayBackend, "build", _build), (RayBackend, "terminate", _terminate)]
 
 
 def keeping_ray() -> bool:

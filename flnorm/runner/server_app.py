@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from flnorm.config import ExperimentConfig
 from flnorm.device import resolve_device
 from flnorm.records import array_record, numpy_state, torch_state
+from flnorm.runner import engine
 from flnorm.runner.checkpoint import (
     Checkpoint, discard_partial_write, restore_strategy_state, resume_point, save_checkpoint, strategy_state,
 )
@@ -59,6 +60,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
             norm=cfg.norm_spec.name,
             partition=cfg.partition_spec.name,
             server_device=str(resolve_device(cfg.device)),
+            engine="flnorm" if engine.active() else "flower",
             parameters=sum(p.numel() for p in model.parameters()),
             run_dir=str(rundir.path),
         )
@@ -188,6 +190,7 @@ def make_server_app(
 
 
 app = ServerApp()
+engine.adopt_in_flower_simulation()  # under `flwr run`; see flnorm.runner.engine
 
 
 @app.main()

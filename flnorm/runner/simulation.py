@@ -23,6 +23,7 @@ from flnorm.data.federated import load_partition
 from flnorm.errors import ConfigError
 from flnorm.precision import native_on_cpu
 from flnorm.runner.checkpoint import resume_point
+from flnorm.runner.engine import engine_changes
 from flnorm.runner.progress import flower_log
 from flnorm.runner.rundir import METRICS_FILE, default_run_dir
 from flnorm.runner.stopping import Stopped, deferred, reclaim_signals, stop_on_signals, stopping_active
@@ -210,7 +211,7 @@ def _run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None) -> pd.Dat
             flower_side = pool.submit(_import_flower_side)
             started = start_ray(cfg)
             run_simulation, flnorm_client_app, make_server_app = flower_side.result()
-        with warnings.catch_warnings(), flower_log(cfg.verbose):
+        with warnings.catch_warnings(), flower_log(cfg.verbose), engine_changes():
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
                 server_app=make_server_app(cfg, server_running, server_ended),
@@ -236,15 +237,13 @@ def _run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None) -> pd.Dat
 
 
 def _import_flower_side() -> tuple[Callable[..., Any], ClientApp, Callable[[ExperimentConfig], Any]]:
-    """Import what ``run_prepared`` needs from Flower and install flnorm's engine changes."""
+    """Import what ``run_prepared`` needs from Flower (and the modules of flnorm's engine changes)."""
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as flnorm_client_app
-    from flnorm.runner import dispatch, ray_backend
+    from flnorm.runner import dispatch, ray_backend  # noqa: F401 - imported here, off the main thread
     from flnorm.runner.server_app import make_server_app
 
-    dispatch.install()
-    ray_backend.install()
     return run_simulation, flnorm_client_app, make_server_app
 
 
