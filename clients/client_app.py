@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from functools import lru_cache
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -133,11 +134,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     mode = task.cfg.bn_eval_mode
     own = _kept(context, personal_keys(task.cfg))
     task.load(received, overlay=own if mode == "local" else None)
+    start = time.perf_counter()
     result = task.test(bn_batch_stats=(mode == "batch"))
     personal = result
     if task.layout and own:
         task.load(received, overlay=own)
         personal = task.test()
+    seconds = time.perf_counter() - start
     metrics = {
         "test_loss": result.loss if result.n else 0.0,
         "test_accuracy": result.accuracy if result.n else 0.0,
@@ -146,6 +149,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         NUM_EXAMPLES: result.n,
         CLIENT: task.client,
         SERVER_ROUND: int(config[SERVER_ROUND]),
+        "eval_seconds": seconds,
     }
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -42,8 +45,12 @@ from flnorm.models import build_model
 from flnorm.training import evaluate
 
 
-def plain_loop(cfg: ExperimentConfig) -> tuple[float, list[float]]:
-    """A single-process PyTorch FedAvg loop; returns (start-up s, per-round s)."""
+PLAIN_PHASES = ("training", "aggregation", "evaluation: clients", "evaluation: test set")
+
+
+def plain_loop(cfg: ExperimentConfig) -> tuple[float, list[float], dict[str, float]]:
+    """A single-process PyTorch FedAvg loop; returns (start-up s, per-round s, mean s per
+    steady round of each of ``PLAIN_PHASES``)."""
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset)
@@ -63,8 +70,16 @@ def plain_loop(cfg: ExperimentConfig) -> tuple[float, list[float]]:
     clients = [tuple(t.to(device) for t in (data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te]))
                for tr, te in zip(part.train, part.test)]
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10) if cfg.precision == "fp16" else None
     startup = time.perf_counter() - t0
-    rounds = []
+    rounds, phases = [], dict.fromkeys(PLAIN_PHASES, 0.0)
+
+    def sync() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     for rnd in range(cfg.rounds):
         start = time.perf_counter()
         states, sizes = [], []
@@ -75,12 +90,19 @@ def plain_loop(cfg: ExperimentConfig) -> tuple[float, list[float]]:
             g = torch.Generator().manual_seed(1000 * rnd + k)
             for _ in range(cfg.local_steps):
                 idx = torch.randint(len(y), (min(cfg.batch_size, len(y)),), generator=g).to(device)
-                loss = F.cross_entropy(model(prep(x[idx])), y[idx])
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    loss = F.cross_entropy(model(prep(x[idx])), y[idx])
                 opt.zero_grad()
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
             states.append({k2: v.detach().clone() for k2, v in model.state_dict().items()})
             sizes.append(len(y))
+        trained = sync()
         total = sum(sizes)
         global_state = {
             key: (sum(s[key].double() * n for s, n in zip(states, sizes)) / total).to(states[0][key].dtype)
@@ -88,26 +110,192 @@ def plain_loop(cfg: ExperimentConfig) -> tuple[float, list[float]]:
         }
         model.load_state_dict(global_state)
         model.eval()
+        aggregated = clients_evaluated = sync()
         if cfg.evaluates(rnd + 1):  # the same chunked evaluation as flnorm's (EVAL_BATCH)
             for _, _, xt, yt in clients:
                 if len(yt):
                     evaluate(model, xt, yt, prep)
+            clients_evaluated = sync()
             evaluate(model, test_x, test_y, prep)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rounds.append(time.perf_counter() - start)
-    return startup, rounds
+        end = sync()
+        rounds.append(end - start)
+        if rnd > 0:
+            for name, seconds in zip(PLAIN_PHASES, (trained - start, aggregated - trained,
+                                                   clients_evaluated - aggregated, end - clients_evaluated)):
+                phases[name] += seconds / (cfg.rounds - 1)
+    return startup, rounds, phases
 
 
-def flnorm_run(cfg: ExperimentConfig) -> tuple[float, list[float]]:
-    """flnorm's simulation; start-up = command to end of round 1, less one steady round."""
-    with tempfile.TemporaryDirectory() as tmp:
+def flnorm_run(cfg: ExperimentConfig) -> tuple[float, list[float], dict[str, float]]:
+    """flnorm's simulation; start-up = command to end of round 1, less one steady round.
+
+    Also returns the mean seconds per steady round of each phase (``PhaseClock``)."""
+    with tempfile.TemporaryDirectory() as tmp, PhaseClock() as clock:
         t0 = time.time()
         metrics = run_experiment(cfg.replace(out=str(Path(tmp) / "run")))
+        clients = pd.read_csv(Path(tmp) / "run" / "clients.csv")
     rounds = metrics["seconds"].tolist()
     steady = statistics.fmean(rounds[1:])
     startup = float(metrics["timestamp"].iloc[0]) - t0 - steady
-    return startup, rounds
+    return startup, rounds, clock.phases(clients, rounds, actors(cfg))
+
+
+def actors(cfg: ExperimentConfig) -> int:
+    """Ray actors the run had: as many clients as fit on this machine's CPUs at once."""
+    return max(1, min(cfg.clients, (cfg.ray_cpus or os.cpu_count() or 1) // cfg.num_cpus))
+
+
+class PhaseClock:
+    """Times the phases of flnorm's rounds on the server (this process), by wrapping the
+    functions of each phase while the block runs.
+
+    A round's wall time (``metrics.csv``'s ``seconds``: recorder call to recorder call) is
+    split into: the strategy's configure and aggregate calls; each phase's send-to-last-reply
+    wait, of which the clients' own compute (``fit_seconds``/``eval_seconds`` of
+    ``clients.csv``, summed and divided by the actors working in parallel) and the rest
+    (Ray calls, (de)serialization, scheduling, an idle actor at a phase's end); the server's
+    test-set evaluation; the recorder's rows and CSVs; the checkpoint write; and what is left.
+    """
+
+    def __init__(self) -> None:
+        self.spent: dict[tuple[int, str], float] = {}
+        self.round = 0
+        self._undo: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> PhaseClock:
+        from flnorm.runner import monitor, recorder, server_app
+
+        self._wrap(monitor.ReplyLog, "send_and_receive", lambda args: f"{_message_type(args[1])} phase")
+        self._wrap(recorder.RoundRecorder, "union_eval", "server test-set evaluation")
+        self._wrap(recorder.RoundRecorder, "__call__", "recorder")
+        self._wrap(server_app, "save_checkpoint", "checkpoint write")
+        build = server_app.build_strategy
+
+        def build_and_wrap(*args: Any, **kwargs: Any) -> Any:
+            strategy = build(*args, **kwargs)
+            for name in ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate"):
+                self._wrap(strategy, name, "strategy: configure + aggregate")
+            return strategy
+
+        self._undo.append((server_app, "build_strategy", build))
+        server_app.build_strategy = build_and_wrap
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, original in reversed(self._undo):
+            if original is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+    def _wrap(self, owner: object, name: str, label: str | Callable[[tuple], str]) -> None:
+        inner = getattr(owner, name)
+        self._undo.append((owner, name, vars(owner).get(name, _MISSING)))
+        clock = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if name == "configure_train":  # wrapped on the strategy instance: args[0] is the round
+                clock.round = int(args[0])
+            if name == "send_and_receive":  # the messages may be a generator; label reads them
+                args = (args[0], list(args[1]))
+            key = (clock.round, label(args) if callable(label) else label)
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                clock.spent[key] = clock.spent.get(key, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+    def phases(self, clients: pd.DataFrame, rounds: list[float], n_actors: int) -> dict[str, float]:
+        """Mean seconds per steady round (2..R) of each phase; the recorder less its evaluation."""
+        steady = range(2, len(rounds) + 1)
+        mean = {label: sum(self.spent.get((r, label), 0.0) for r in steady) / len(steady)
+                for label in {label for _, label in self.spent}}
+        rows = clients[clients["round"] >= 2]
+        compute = {"train": rows["fit_seconds"].sum(), "evaluate": rows["eval_seconds"].sum()}
+        out: dict[str, float] = {}
+        for phase in ("train", "evaluate"):
+            wall = mean.pop(f"{phase} phase", 0.0)
+            own = compute[phase] / len(steady) / n_actors
+            out[f"{phase}: clients' compute / {n_actors} actors"] = own
+            out[f"{phase}: Ray calls, messages, waiting"] = wall - own
+        out["strategy: configure + aggregate"] = mean.pop("strategy: configure + aggregate", 0.0)
+        union = mean.pop("server test-set evaluation", 0.0)
+        out["server test-set evaluation"] = union
+        out["recorder: rows, CSVs, progress"] = mean.pop("recorder", 0.0) - union
+        out["checkpoint write"] = mean.pop("checkpoint write", 0.0)
+        out["other (between phases)"] = statistics.fmean(rounds[1:]) - sum(out.values())
+        return out
+
+
+_MISSING = object()
+
+
+def _message_type(messages: list) -> str:
+    return messages[0].metadata.message_type.split(".")[0] if messages else "empty"
+
+
+APP_FILES = ("flnorm", "strategies", "clients", "pyproject.toml", "README.md")
+
+
+def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
+    """The same run through ``flwr run .`` on a local simulation SuperLink; per-round seconds.
+
+    The app is copied to a temporary directory (``flwr run`` packs the project directory),
+    with its own ``FLWR_HOME`` and SuperLink ports; the federation has ``cfg.clients``
+    SuperNodes of ``cfg.num_cpus`` CPUs. The SuperLink is stopped by PID at the end.
+    """
+    import json
+    import shutil
+    import signal
+    import socket
+
+    from flnorm.deploy import flower_env
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Path(tmp) / "app"
+        app.mkdir()
+        for item in APP_FILES:
+            src = root / item
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, app / item)
+        ports = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+        env = flower_env(Path(tmp) / "home") | ports
+        flwr = str(Path(sys.executable).parent / "flwr")
+
+        def call(*args: str) -> str:
+            return subprocess.run([flwr, *args], cwd=app, env=env, capture_output=True, text=True,
+                                  check=True, timeout=timeout).stdout
+
+        out = Path(tmp) / "run"
+        overrides = {f.name.replace("_", "-"): getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                     if f.name in ("norm", "rounds", "clients", "local_steps", "batch_size", "partition",
+                                   "eval_every", "channels_last", "device", "precision", "num_cpus")}
+        run_config = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}"
+                              for k, v in overrides.items()) + f" out={json.dumps(str(out))}"
+        try:
+            submitted = json.loads(call("run", ".", "--run-config", run_config, "--federation-config",
+                                        f"num-supernodes={cfg.clients} client-resources-num-cpus={cfg.num_cpus}",
+                                        "--format", "json"))
+            call("log", str(submitted["run-id"]), "--stream")  # returns when the run ends
+            return pd.read_csv(out / "metrics.csv")["seconds"].tolist()
+        finally:
+            for pid in _listeners([int(p) for p in ports.values()]):
+                os.kill(pid, signal.SIGTERM)
+
+
+def _listeners(ports: list[int]) -> list[int]:
+    """PIDs listening on ``ports`` (the local SuperLink)."""
+    import psutil
+
+    return sorted({c.pid for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port in ports and c.pid})
 
 
 def command_startup(cfg: ExperimentConfig, rounds: int = 3) -> float:
@@ -137,11 +325,14 @@ def main() -> None:
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="both sides in contiguous memory format")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda, for both sides")
+    parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16, for both sides")
     parser.add_argument("--num-cpus", type=int, default=1, help="CPUs per flnorm virtual client")
     parser.add_argument("--queue-depth", type=int, default=None,
                         help="messages queued per Ray actor (flnorm.runner.ray_backend; 1 = Flower's own)")
     parser.add_argument("--num-gpus", type=float, default=None,
                         help="GPU fraction per flnorm virtual client (default: 0.25 with CUDA, else 0)")
+    parser.add_argument("--no-flwr-run", dest="flwr_run", action="store_false",
+                        help="skip the flwr run path (a local SuperLink)")
     args = parser.parse_args()
     from flnorm.runner import ray_backend
 
@@ -152,29 +343,42 @@ def main() -> None:
     cfg = ExperimentConfig(
         norm=args.norm, rounds=args.rounds, clients=args.clients, local_steps=args.local_steps,
         batch_size=args.batch_size, partition="classes-2", eval_every=args.eval_every,
-        channels_last=args.channels_last, device=args.device, num_cpus=args.num_cpus, num_gpus=num_gpus,
+        channels_last=args.channels_last, device=args.device, precision=args.precision,
+        num_cpus=args.num_cpus, num_gpus=num_gpus,
     )
     # plain, flnorm, plain again: this VM's speed drifts by 10-30 % over minutes, so the
     # plain loop brackets the flnorm run and its steady figure is the mean of both runs.
-    plain_start, plain_rounds = plain_loop(cfg)
-    fl_start, fl_rounds = flnorm_run(cfg)
-    _, plain_after = plain_loop(cfg)
+    plain_start, plain_rounds, plain_phases = plain_loop(cfg)
+    fl_start, fl_rounds, fl_phases = flnorm_run(cfg)
+    _, plain_after, plain_phases_after = plain_loop(cfg)
     cmd_start = command_startup(cfg)
+    flwr_rounds = flwr_run_path(cfg) if args.flwr_run else []
     plain_each = [statistics.fmean(plain_rounds[1:]), statistics.fmean(plain_after[1:])]
     plain_steady = statistics.fmean(plain_each)
     fl_steady = statistics.fmean(fl_rounds[1:])
     samples = cfg.clients * cfg.local_steps * cfg.batch_size  # training samples per round
     where = f"CUDA ({torch.cuda.get_device_name()})" if cuda else f"CPU, torch threads {torch.get_num_threads()}"
     print(f"\nwork per round: {cfg.clients} clients x {cfg.local_steps} steps x batch {cfg.batch_size}, "
-          f"paper CNN ({cfg.norm}), {cfg.dataset}, {cfg.rounds} rounds, {where}")
+          f"paper CNN ({cfg.norm}), {cfg.dataset}, {cfg.rounds} rounds, {cfg.precision}, {where}")
     print(f"{'':24}{'flnorm':>10}{'plain':>10}{'ratio':>8}")
     print(f"{'start-up s (in process)':24}{fl_start:10.2f}{plain_start:10.2f}")
     print(f"{'start-up s (command)':24}{cmd_start:10.2f}")
     print(f"{'steady s/round':24}{fl_steady:10.3f}{plain_steady:10.3f}{fl_steady / plain_steady:8.2f}")
+    print(f"{'overhead ms/round':24}{1000 * (fl_steady - plain_steady):10.0f}")
+    if flwr_rounds:
+        flwr_steady = statistics.fmean(flwr_rounds[1:])
+        print(f"{'flwr run . s/round':24}{flwr_steady:10.3f}{plain_steady:10.3f}{flwr_steady / plain_steady:8.2f}")
+        print(f"{'flwr run . round 1 s':24}{flwr_rounds[0]:10.2f}")
     print(f"{'train samples/s':24}{samples / fl_steady:10.0f}{samples / plain_steady:10.0f}")
     print(f"{'round 1 s':24}{fl_rounds[0]:10.2f}{plain_rounds[0]:10.2f}")
     print(f"plain steady s/round before / after the flnorm run: {plain_each[0]:.3f} / {plain_each[1]:.3f}")
     print(f"messages queued per Ray actor: {ray_backend.QUEUE_DEPTH}")
+    print("\none steady round by phase, ms (flnorm: server-side timers and the clients' own times;")
+    print("plain: the same steps in one process, mean of its two runs)")
+    for name, seconds in fl_phases.items():
+        print(f"  flnorm {name:44}{1000 * seconds:8.0f}")
+    for name in PLAIN_PHASES:
+        print(f"  plain  {name:44}{500 * (plain_phases[name] + plain_phases_after[name]):8.0f}")
     if cuda:
         per_gpu = int(1 / num_gpus) if num_gpus > 0 else "all"
         print(f"flnorm virtual clients per GPU: {per_gpu} (--num-gpus {num_gpus}), "

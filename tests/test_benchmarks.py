@@ -32,6 +32,15 @@ def test_overhead_benchmark_prints_ratio_and_both_startups():
     (command,) = _figure(out, "start-up s (command)")
     assert in_process > 0 and command > 0
     assert "messages queued per Ray actor: 2" in out
+    overhead = float(next(ln for ln in out.splitlines() if ln.startswith("overhead ms/round")).split()[-1])
+    assert overhead == pytest.approx(1000 * (fl - plain), abs=1)
+    flwr_run, plain_again, flwr_ratio = _figure(out, "flwr run . s/round")
+    assert flwr_run > 0 and plain_again == plain and flwr_ratio == pytest.approx(flwr_run / plain, abs=0.01)
+    phases = {ln[9:53].strip(): float(ln[53:]) for ln in out.splitlines() if ln.startswith("  flnorm ")}
+    assert phases["train: clients' compute / 2 actors"] > 0 and phases["server test-set evaluation"] > 0
+    assert sum(phases.values()) == pytest.approx(1000 * fl, abs=len(phases))  # the phases make up the round
+    plain_phases = [ln for ln in out.splitlines() if ln.startswith("  plain ")]
+    assert len(plain_phases) == 4
 
 
 def test_scale_benchmark_writes_memory_trace(tmp_path):

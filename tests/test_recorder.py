@@ -25,12 +25,13 @@ def test_client_rows_merge_train_and_eval():
         {"client": 0, "train_loss": 0.7, "num-examples": 20, "fit_seconds": 0.2},
     ])
     test = PhaseReplies(sent=2, metrics=[
-        {"client": 0, "test_accuracy": 0.9, "test_loss": 0.3, "personal_accuracy": 1.0, "num-examples": 5},
+        {"client": 0, "test_accuracy": 0.9, "test_loss": 0.3, "personal_accuracy": 1.0, "num-examples": 5,
+         "eval_seconds": 0.05},
         {"client": 1, "test_accuracy": 0.0, "test_loss": 0.0, "personal_accuracy": 0.0, "num-examples": 0},
     ])
     rows = RoundRecorder._client_rows(4, train, test)
     assert [r["client"] for r in rows] == [0, 1]
-    assert rows[0]["test_accuracy"] == 0.9 and rows[0]["num_train"] == 20
+    assert rows[0]["test_accuracy"] == 0.9 and rows[0]["num_train"] == 20 and rows[0]["eval_seconds"] == 0.05
     assert rows[1]["num_test"] == 0 and rows[1]["test_accuracy"] != rows[1]["test_accuracy"]  # NaN
 
 
@@ -60,6 +61,26 @@ def test_checkpoint_round_trip_and_truncate(tmp_path):
     text = (tmp_path / "run" / "metrics.csv").read_text().split()
     assert text == ["round,x", "1,0.1", "2,0.2", "3,0.5"]
     assert len((tmp_path / "run" / "clients.csv").read_text().split()) == 1 + 2 * 2
+
+
+def test_resumed_run_with_more_columns_widens_the_file(tmp_path):
+    """A run written by a version with fewer clients.csv columns resumes: old rows get empty cells."""
+    import pandas as pd
+
+    from flnorm.runner.rundir import RunDirectory
+
+    rundir = RunDirectory(tmp_path)
+    rundir.append_clients([{"round": 1, "client": c, "fit_seconds": 0.1} for c in (0, 1)])
+    (tmp_path / "config.json").write_text("{}")
+    resumed = RunDirectory(tmp_path, resume=True)
+    resumed.truncate(1)
+    resumed.append_clients([{"round": 2, "client": c, "fit_seconds": 0.2, "eval_seconds": 0.3} for c in (0, 1)])
+    resumed.append_clients([{"round": 3, "client": 0, "fit_seconds": 0.4, "eval_seconds": 0.5}])
+    df = pd.read_csv(tmp_path / "clients.csv")
+    assert list(df.columns) == ["round", "client", "fit_seconds", "eval_seconds"]
+    assert list(df["round"]) == [1, 1, 2, 2, 3] and list(df["fit_seconds"]) == [0.1, 0.1, 0.2, 0.2, 0.4]
+    assert df["eval_seconds"].isna().tolist() == [True, True, False, False, False]
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_diagnostics_columns_are_nan_in_rounds_without_evaluation():

@@ -184,10 +184,11 @@ class RoundRecorder:
                 test_accuracy=m["test_accuracy"] if m[NUM_EXAMPLES] else math.nan,
                 test_loss=m["test_loss"] if m[NUM_EXAMPLES] else math.nan,
                 personal_accuracy=m["personal_accuracy"] if m[NUM_EXAMPLES] else math.nan,
-                num_test=m[NUM_EXAMPLES],
+                num_test=m[NUM_EXAMPLES], eval_seconds=m.get("eval_seconds", math.nan),
             )
         defaults = {**dict.fromkeys(("train_loss", "num_train", "fit_seconds", "feature_norm", "test_accuracy",
-                                      "test_loss", "personal_accuracy", "num_test"), math.nan),
+                                      "test_loss", "personal_accuracy", "num_test", "eval_seconds"),
+                                    math.nan),
                     "ray_node": "", "cuda_visible_devices": ""}
         return [
             {"round": server_round, CLIENT: c, **{k: v.get(k, d) for k, d in defaults.items()}}

@@ -44,6 +44,11 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _read_header(file: Path) -> list[str]:
+    with file.open(newline="") as fh:
+        return next(csv.reader(fh), [])
+
+
 class RunDirectory:
     """Writer for one run directory.
 
@@ -77,12 +82,7 @@ class RunDirectory:
                 reader = csv.DictReader(fh)
                 header, rows = list(reader.fieldnames or []), [r for r in reader if int(r["round"]) <= last_round]
             self._headers[name] = header
-            tmp = file.with_name(file.name + ".tmp")
-            with tmp.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, file)
+            self._write_rows(file, header, rows)
 
     def write_config(self, cfg: ExperimentConfig, **resolved: Any) -> None:
         """Write the config with its resolved values (device, norm, versions ...)."""
@@ -104,13 +104,31 @@ class RunDirectory:
         if not rows:
             return
         file = self.path / name
-        header = self._headers.setdefault(name, list(rows[0]))
+        header = self._headers.get(name) or (_read_header(file) if file.exists() else list(rows[0]))
+        added = [key for key in rows[0] if key not in header]
+        if added:  # a resumed run whose file was written by a version with fewer columns
+            header = header + added
+            if file.exists():
+                with file.open(newline="") as fh:
+                    old_rows = list(csv.DictReader(fh))
+                self._write_rows(file, header, old_rows)  # old rows get empty new columns
+        self._headers[name] = header
         new = not file.exists()
         with file.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=header, extrasaction="raise")
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+
+    @staticmethod
+    def _write_rows(file: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+        """Replace ``file`` with ``header`` and ``rows``, atomically."""
+        tmp = file.with_name(file.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, file)
 
     def _atomic_write(self, name: str, data: bytes) -> None:
         tmp = self.path / (name + ".tmp")
