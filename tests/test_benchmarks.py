@@ -62,3 +62,13 @@ def test_startup_timeline_marks_every_phase_in_order():
     at = {label: next(float(ln.split()[0]) for ln in lines if label in ln) for label in labels}
     assert [at[label] for label in labels] == sorted(at[label] for label in labels)
     assert "start-up (command to the end of round 1" in out
+
+
+def test_deploy_benchmark_runs_superlink_and_supernodes_and_splits_the_round():
+    out = _run("benchmark_deploy.py", "--nodes", "2", "--rounds", "2", "--local-steps", "2")
+    (wall,) = _figure(out, "steady s/round")
+    (compute,) = _figure(out, "  clients compute")
+    (rest,) = _figure(out, "  the rest")
+    assert wall > 0 and 0 < compute < wall and rest == pytest.approx(wall - compute, abs=0.02)
+    (imports,) = _figure(out, "import clients.client_app")
+    assert imports > 0

@@ -5,7 +5,7 @@ from queue import Queue
 from uuid import uuid4
 
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
 from flwr.server.superlink.fleet import vce
@@ -169,3 +169,32 @@ def test_send_and_receive_wakes_on_each_reply_and_keeps_the_timeout(installed):
     late = grid.send_and_receive([Message(RecordDict(), dst_node_id=nodes[0], message_type="train")],
                                  timeout=0.2)
     assert late == []  # nobody replies: back after the timeout, not after FALLBACK_WAIT
+
+
+def test_reply_log_polling_itself_gets_every_reply_and_counts_the_missing():
+    """``ReplyLog(poll=...)`` (a deployed SuperLink's grid) on a real Flower grid: replies stored
+    by another thread while it polls are all collected; a node that never replies is missing."""
+    from flnorm.runner.monitor import ReplyLog
+
+    state, grid, nodes = _link(3)
+    replies = ReplyLog(grid, poll=0.02)
+    msgs = [Message(RecordDict({"c": ConfigRecord({"tag": "t"})}), dst_node_id=n, message_type="train")
+            for n in nodes]
+
+    def answer() -> None:  # the first two nodes reply, one after the other
+        for node in nodes[:2]:
+            taken = []
+            while not taken:
+                taken = state.get_message_ins(node_id=node, limit=1)
+                threading.Event().wait(0.05)
+            reply = Message(RecordDict({"m": MetricRecord({"client": nodes.index(node)})}), reply_to=taken[0])
+            reply.metadata.__dict__["_message_id"] = str(uuid4())
+            assert state.store_message_res(reply)
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    got = replies.send_and_receive(msgs, timeout=2.0)
+    thread.join(timeout=30)
+    assert sorted(m.metadata.src_node_id for m in got) == sorted(nodes[:2])
+    train, _ = replies.take()
+    assert train.sent == 3 and sorted(m["client"] for m in train.metrics) == [0, 1] and train.missing == 1

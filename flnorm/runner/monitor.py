@@ -6,10 +6,16 @@ every message it sends, so that no strategy has to carry the experiment in its
 instructions, and it keeps each round's replies so the recorder can write per-client
 rows and count failures: error replies, replies that never came, and updates rejected
 for NaN/Inf values.
+
+Against a deployed SuperLink, Flower's grid waits 3 s between two pulls for replies
+(``GrpcGrid``/``HttpGrid.send_and_receive``): up to 3 s lost per phase, twice a round.
+Given ``poll``, ``ReplyLog`` pushes and pulls through the grid's ``push_messages`` and
+``pull_messages`` itself, every ``poll`` seconds.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +47,13 @@ class PhaseReplies:
 
 class ReplyLog:
     """A ``Grid`` proxy that attaches ``experiment`` to every message and records replies
-    per message type (train, evaluate)."""
+    per message type (train, evaluate); with ``poll``, it pulls for replies every ``poll``
+    seconds instead of leaving the wait to the grid."""
 
-    def __init__(self, grid: Grid, experiment: ConfigRecord | None = None) -> None:
+    def __init__(self, grid: Grid, experiment: ConfigRecord | None = None, poll: float | None = None) -> None:
         self._grid = grid
         self.experiment = experiment
+        self.poll = poll
         self.phases: dict[str, PhaseReplies] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -58,7 +66,10 @@ class ReplyLog:
         if self.experiment is not None:
             for msg in messages:
                 msg.content[EXPERIMENT] = self.experiment
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        if self.poll is None:
+            replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        else:
+            replies = self._exchange(messages, timeout)
         if messages:
             phase = self.phases.setdefault(messages[0].metadata.message_type, PhaseReplies())
             phase.sent += len(messages)
@@ -75,6 +86,21 @@ class ReplyLog:
                     row = {**dict(record), **placement}
                     row["node_id"] = reply.metadata.src_node_id
                     phase.metrics.append(row)
+        return replies
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """Push ``messages``, then pull until every reply is in or ``timeout`` has passed."""
+        waiting = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting:
+            pulled = list(self._grid.pull_messages(waiting))
+            replies.extend(pulled)
+            waiting.difference_update(msg.metadata.reply_to_message_id for msg in pulled)
+            if waiting and (end is None or time.monotonic() < end):
+                time.sleep(self.poll)
+            elif waiting:
+                break
         return replies
 
     def take(self) -> tuple[PhaseReplies, PhaseReplies]:

@@ -34,6 +34,7 @@ from strategies import build_strategy
 log = logging.getLogger("flnorm")
 NODE_POLL = 0.1  # seconds between checks of the connected nodes before round 1
 SIMULATED_NODES_SETTLE = 1.0  # seconds a simulation's node count must hold to be final
+REPLY_POLL = 0.2  # seconds between pulls for replies from a deployed SuperLink (Flower waits 3 s)
 
 
 def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
@@ -65,7 +66,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
             run_dir=str(rundir.path),
         )
     wait_for_nodes(grid, cfg.clients, cfg.node_timeout)
-    replies = ReplyLog(grid, experiment=ConfigRecord(cfg.client_record()))
+    replies = ReplyLog(grid, experiment=ConfigRecord(cfg.client_record()),
+                       poll=None if _simulated(grid) else REPLY_POLL)
     progress = Progress(cfg.run_name, cfg.rounds, done=first_round - 1)
     try:
         recorder = RoundRecorder(cfg, rundir, replies, progress)
