@@ -283,7 +283,27 @@ def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
             submitted = json.loads(call("run", ".", "--run-config", run_config, "--federation-config",
                                         f"num-supernodes={cfg.clients} client-resources-num-cpus={cfg.num_cpus}",
                                         "--format", "json"))
-            call("log", str(submitted["run-id"]), "--stream")  # returns when the run ends
+            run_id, deadline = str(submitted["run-id"]), time.monotonic() + timeout
+
+            def status() -> str:
+                return json.loads(call("list", "--run-id", run_id, "--format", "json"))["runs"][0]["status"]
+
+            # Watch for the final model rather than run a `flwr` process beside the run
+            # (`flwr log --stream`, or `flwr list` every few seconds, takes CPU the run needs);
+            # a run that fails writes none, so Flower is asked every 30 s.
+            asked = time.monotonic()
+            while not (out / "model.pt").exists():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"flwr run {run_id} not finished after {timeout} s")
+                if time.monotonic() - asked > 30:
+                    asked = time.monotonic()
+                    if status().startswith("finished"):
+                        break
+                time.sleep(0.5)
+            while not (state := status()).startswith("finished") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if state != "finished:completed":
+                raise RuntimeError(f"flwr run {run_id}: {state}")
             return pd.read_csv(out / "metrics.csv")["seconds"].tolist()
         finally:
             for pid in _listeners([int(p) for p in ports.values()]):
