@@ -62,6 +62,9 @@ SEED_METHODS = ["FedAvg", "FedGN", "FedAvg+BN", "FedBN", "FedFN", "FedLN"]
 LR_METHODS = ["FedAvg", "FedLN", "FedFN"]
 LRS = [0.001, 0.01, 0.05, 0.1]
 SEEDS = [0, 1, 2]
+PRECISION_METHODS = ["FedLN"]
+DEFAULTS = {"seed": 0, "lr": 0.01, "precision": "fp32"}  # what a cell's CSV records when its grid leaves it
+KEYS = ["method", "partition", *DEFAULTS]  # what tells two cells apart
 NOT_FLAT = 1.0  # points
 
 
@@ -83,6 +86,8 @@ GRIDS = [
     Grid("bn-classes-1", ["SiloBN", "FixBN"], "classes1", {"partition": ["classes-1"]}),
     Grid("seeds", SEED_METHODS, "classes1", {"partition": ["classes-1"], "seed": SEEDS[1:]}),
     Grid("lr", LR_METHODS, "classes1", {"partition": ["classes-1"], "lr": [lr for lr in LRS if lr != 0.01]}),
+    # bf16 against the fp32 cell of methods-classes-2 (emulated where the CPU lacks bf16: the slowest cell)
+    Grid("precision", PRECISION_METHODS, "other", {"partition": ["classes-2"], "precision": ["bf16"]}),
 ]
 
 
@@ -137,7 +142,7 @@ def run(grid: Grid, args: argparse.Namespace, progress: Progress) -> None:
         except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
             progress.step(f"{grid.name}/{name} failed: {type(exc).__name__}: {exc}")
             continue
-        full = {"seed": 0, "lr": 0.01, **changes}
+        full = {**DEFAULTS, **changes}
         metrics.assign(cell=name, **full).to_csv(path, index=False)
         progress.step(f"kept {path}")
 
@@ -158,6 +163,8 @@ def curves(args: argparse.Namespace) -> pd.DataFrame:
     if not frames:
         raise SystemExit(f"no results under {args.results}: run without --report-only first")
     data = pd.concat(frames, ignore_index=True).dropna(subset=["test_accuracy"])
+    for key, default in DEFAULTS.items():  # cells kept before a key was recorded ran at its default
+        data[key] = data[key].fillna(default) if key in data else default
     data["method"] = [method_of(row) for _, row in data.iterrows()]
     return data
 
@@ -166,12 +173,12 @@ def settle(data: pd.DataFrame, window: int) -> pd.DataFrame:
     """Per cell: the mean of its last ``window`` rounds' evaluations (``global``,
     ``personal``, ``union``, in %), the flatness against the ``window`` before, rounds, seconds."""
     rows = []
-    for keys, cell in data.groupby(["method", "partition", "seed", "lr"]):
+    for keys, cell in data.groupby(KEYS):
         last_round = int(cell["round"].max())
         late = cell[cell["round"] > last_round - window]
         before = cell[(cell["round"] > last_round - 2 * window) & (cell["round"] <= last_round - window)]
         rows.append(dict(
-            zip(("method", "partition", "seed", "lr"), keys, strict=True),
+            zip(KEYS, keys, strict=True),
             rounds=last_round, evaluations=len(late),
             global_=100 * late["test_accuracy"].mean(), personal=100 * late["personal_accuracy"].mean(),
             union=100 * late["union_accuracy"].mean(),
@@ -188,11 +195,12 @@ def fmt(value: float, flatness: float | None = None) -> str:
 
 def report(args: argparse.Namespace) -> None:
     data = curves(args)
-    cells = settle(data, args.window).set_index(["method", "partition", "seed", "lr"])
+    cells = settle(data, args.window).set_index(KEYS)
     w = args.window
 
-    def cell(method: str, partition: str = "classes-1", seed: int = 0, lr: float = 0.01) -> pd.Series | None:
-        key = (method, partition, seed, lr)
+    def cell(method: str, partition: str = "classes-1", seed: int = 0, lr: float = 0.01,
+             precision: str = "fp32") -> pd.Series | None:
+        key = (method, partition, seed, lr, precision)
         return cells.loc[key] if key in cells.index else None
 
     print(f"\n### Table 4 layout: global accuracy % (mean of the evaluations in the last {w} rounds; "
@@ -222,7 +230,8 @@ def report(args: argparse.Namespace) -> None:
     print(f"\n### classes-1, seeds {SEEDS}: mean ± std over seeds of each cell's figure\n")
     print("| method | global % | personalized % | max flatness |\n|---|---|---|---|")
     for method in SEED_METHODS:
-        group = cells.loc[[k for k in cells.index if k[0] == method and k[1] == "classes-1" and k[3] == 0.01]]
+        group = cells.loc[[k for k in cells.index
+                           if k[0] == method and k[1] == "classes-1" and k[3] == 0.01 and k[4] == "fp32"]]
         if len(group):
             sd = lambda s: f" ± {s.std(ddof=1):.1f}" if len(s) > 1 else ""  # noqa: E731
             print(f"| {method} | {group.global_.mean():.1f}{sd(group.global_)} | "
@@ -234,6 +243,15 @@ def report(args: argparse.Namespace) -> None:
         row = [cell(method, lr=lr) for lr in LRS]
         print(f"| {method} | " + " | ".join(
             "-" if c is None else f"{fmt(c.global_, c.flatness)} ({c.flatness:+.1f})" for c in row) + " |")
+
+    print("\n### Precision, classes-2, seed 0: global accuracy % (flatness in brackets) and s of rounds\n")
+    print("| method | fp32 | bf16 | bf16 − fp32 |\n|---|---|---|---|")
+    for method in PRECISION_METHODS:
+        fp32, bf16 = cell(method, "classes-2"), cell(method, "classes-2", precision="bf16")
+        shown = ["-" if c is None else f"{fmt(c.global_, c.flatness)} ({c.flatness:+.1f}), {c.seconds:.0f} s"
+                 for c in (fp32, bf16)]
+        diff = "-" if fp32 is None or bf16 is None else f"{bf16.global_ - fp32.global_:+.1f}"
+        print(f"| {method} | {shown[0]} | {shown[1]} | {diff} |")
 
     if "feature_norm" in data:
         feats = data[data["grid"].str.startswith("methods")].dropna(subset=["feature_norm"]).copy()
