@@ -99,7 +99,7 @@ def test_same_seed_twice_gives_identical_metrics_and_model(tmp_path):
     second = run_prepared(prepare(base.replace(out=str(tmp_path / "b"))))
     columns = [c for c in first.columns if c not in TIMING]
     pd.testing.assert_frame_equal(first[columns], second[columns], check_exact=True)  # to the bit
-    placement_and_time = ["fit_seconds", "ray_node"]  # where and how fast, not what was computed
+    placement_and_time = ["fit_seconds", "eval_seconds", "ray_node"]  # where and how fast, not what was computed
     clients = [pd.read_csv(tmp_path / run / "clients.csv").drop(columns=placement_and_time) for run in "ab"]
     pd.testing.assert_frame_equal(*clients, check_exact=True)
     a, b = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
