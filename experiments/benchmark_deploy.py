@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,17 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flnorm import deploy
-
-ROOT = Path(__file__).resolve().parents[1]
-APP_FILES = ("flnorm", "strategies", "clients", "pyproject.toml", "README.md")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from flnorm import ExperimentConfig, deploy
+from flower_app import ROOT, copy_app, free_port, run_config
 
 def wait_healthy(port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
@@ -70,11 +59,7 @@ def import_seconds() -> float:
 
 def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path) -> pd.DataFrame:
     """Run the deployment; return its ``metrics.csv`` with the clients' slowest times merged."""
-    app = tmp / "app"
-    app.mkdir()
-    for item in APP_FILES:
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, app / item)
+    app = copy_app(tmp / "app")
     link_port = free_port()
     address = f"127.0.0.1:{link_port}"
     started: list[subprocess.Popen] = []
@@ -95,14 +80,14 @@ def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path) -> p
         deploy.write_connection(tmp / "cli", "local", address)
         env = deploy.flower_env(tmp / "cli")
         out = tmp / "run"
-        run_config = (f"clients={nodes} rounds={rounds} local-steps={local_steps} "
-                      f"data-dir='{ROOT / 'data'}' out='{out}'")
+        cfg = ExperimentConfig(clients=nodes, rounds=rounds, local_steps=local_steps, data_dir=str(ROOT / "data"),
+                               out=str(out))
 
         def flwr(*args: str) -> str:
             return subprocess.run([deploy._bin("flwr"), *args], cwd=app, env=env, capture_output=True,
                                   text=True, check=True, timeout=1800).stdout
 
-        run_id = str(json.loads(flwr("run", ".", "local", "--run-config", run_config, "--format", "json"))["run-id"])
+        run_id = str(json.loads(flwr("run", ".", "local", "--run-config", run_config(cfg), "--format", "json"))["run-id"])
         flwr("log", run_id, "local", "--stream")  # returns when the run ends
         metrics = pd.read_csv(out / "metrics.csv")
         clients = pd.read_csv(out / "clients.csv")

@@ -43,6 +43,7 @@ from flnorm.data import load_dataset, load_partition
 from flnorm.device import resolve_device
 from flnorm.models import build_model
 from flnorm.training import evaluate
+from flower_app import copy_app, free_port, run_config
 
 
 PLAIN_PHASES = ("training", "aggregation", "evaluation: clients", "evaluation: test set")
@@ -236,9 +237,6 @@ def _message_type(messages: list) -> str:
     return messages[0].metadata.message_type.split(".")[0] if messages else "empty"
 
 
-APP_FILES = ("flnorm", "strategies", "clients", "pyproject.toml", "README.md")
-
-
 def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
     """The same run through ``flwr run .`` on a local simulation SuperLink; per-round seconds.
 
@@ -247,24 +245,12 @@ def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
     SuperNodes of ``cfg.num_cpus`` CPUs. The SuperLink is stopped by PID at the end.
     """
     import json
-    import shutil
     import signal
-    import socket
 
     from flnorm.deploy import flower_env
 
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        app = Path(tmp) / "app"
-        app.mkdir()
-        for item in APP_FILES:
-            src = root / item
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, app / item)
+        app = copy_app(Path(tmp) / "app")
         ports = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
         env = flower_env(Path(tmp) / "home") | ports
         flwr = str(Path(sys.executable).parent / "flwr")
@@ -274,13 +260,9 @@ def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
                                   check=True, timeout=timeout).stdout
 
         out = Path(tmp) / "run"
-        overrides = {f.name.replace("_", "-"): getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-                     if f.name in ("norm", "rounds", "clients", "local_steps", "batch_size", "partition",
-                                   "eval_every", "channels_last", "device", "precision", "num_cpus")}
-        run_config = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}"
-                              for k, v in overrides.items()) + f" out={json.dumps(str(out))}"
         try:
-            submitted = json.loads(call("run", ".", "--run-config", run_config, "--federation-config",
+            submitted = json.loads(call("run", ".", "--run-config", run_config(cfg.replace(out=str(out))),
+                                        "--federation-config",
                                         f"num-supernodes={cfg.clients} client-resources-num-cpus={cfg.num_cpus}",
                                         "--format", "json"))
             run_id, deadline = str(submitted["run-id"]), time.monotonic() + timeout
