@@ -24,6 +24,7 @@ def _check_run_dir(run_dir, cfg: ExperimentConfig):
     clients = pd.read_csv(run_dir / "clients.csv")
     assert len(clients) == cfg.rounds * cfg.clients
     assert sorted(clients["client"].unique()) == list(range(cfg.clients))
+    assert (clients["fit_seconds"] > 0).all() and (clients["eval_seconds"] > 0).all()  # the clients' own times
     # the paper's metric is the unweighted mean over clients of the per-client accuracy
     last = clients[clients["round"] == cfg.rounds]
     assert metrics["test_accuracy"].iloc[-1] == pytest.approx(last["test_accuracy"].mean())
