@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from flnorm.agc import FEDWON_AGC_CLIP
 from flnorm.data.datasets import DATASETS, check_dataset_name
 from flnorm.data.partition import PARTITION_FORMS, PartitionSpec
 from flnorm.errors import ConfigError, unknown_choice
@@ -65,6 +66,8 @@ class ExperimentConfig:
     lr: float = _field(0.01, "client learning rate (plain SGD)")
     momentum: float = _field(0.0, "client SGD momentum")
     weight_decay: float = _field(0.0, "client weight decay")
+    agc_clip: float = _field(-1.0, "adaptive gradient clipping lambda in local training (flnorm.agc): "
+                             f"-1 = auto ({FEDWON_AGC_CLIP:g} with --norm ws, as FedWon; off otherwise), 0 = off")
     proximal_mu: float = _field(0.01, "fedprox: proximal weight mu", "strategy")
     server_lr: float = _field(0.01, "fedadam, fedyogi: server learning rate eta", "strategy")
     fixbn_rounds: int = _field(0, "fixbn: rounds before BN statistics are frozen (0 = half of rounds)", "strategy")
@@ -144,6 +147,8 @@ class ExperimentConfig:
             raise ConfigError(f"min-replies={self.min_replies} exceeds clients={self.clients}")
         if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
             raise ConfigError(f"round-timeout must be a positive number of seconds, got {self.round_timeout!r}")
+        if not (self.agc_clip == -1 or (self.agc_clip >= 0 and math.isfinite(self.agc_clip))):
+            raise ConfigError(f"agc-clip must be -1 (auto), 0 (off) or a positive lambda, got {self.agc_clip!r}")
         for name in ("momentum", "weight_decay", "proximal_mu", "num_gpus", "node_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
@@ -179,6 +184,13 @@ class ExperimentConfig:
         if self.strategy == "precisebn":
             return "precise"
         return "batch" if self.contract.bn_local else "global"
+
+    @property
+    def agc_lambda(self) -> float:
+        """The AGC clipping factor local training uses (0: no clipping), ``auto`` resolved."""
+        if self.agc_clip == -1:
+            return FEDWON_AGC_CLIP if self.norm_spec.body == "ws" else 0.0
+        return self.agc_clip
 
     def evaluates(self, server_round: int) -> bool:
         """Whether round ``server_round`` evaluates: every ``eval_every``-th and the last."""

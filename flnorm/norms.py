@@ -1,7 +1,8 @@
 """Normalization layers, built by name.
 
 Every constructor is channels-first, ``norm(num_channels) -> nn.Module``, as in timm's
-``create_norm`` and torchvision's ``norm_layer`` argument.
+``create_norm`` and torchvision's ``norm_layer`` argument; ``conv_layer()`` gives the
+convolution constructor with ``nn.Conv2d``'s signature (timm's ``conv_layer``).
 
 A norm string is ``BODY`` or ``BODY+fn`` or ``fn``:
 
@@ -9,7 +10,10 @@ A norm string is ``BODY`` or ``BODY+fn`` or ``fn``:
 - ``gn`` GroupNorm with ``groups`` groups (statistics over C/G channels and space);
 - ``ln`` LayerNorm over (C, H, W) per sample, i.e. GroupNorm with one group;
 - ``in`` InstanceNorm over (H, W) per sample and channel, i.e. GroupNorm with C groups;
-- ``fn`` feature normalization of the penultimate feature, ``sqrt(d) z / max(||z||, eps)``.
+- ``fn`` feature normalization of the penultimate feature, ``sqrt(d) z / max(||z||, eps)``;
+- ``ws`` no normalization layer; every convolution standardizes its own kernel instead
+  (scaled weight standardization, ``flnorm.ws_conv``: FedWon, with adaptive gradient
+  clipping in local training, ``--agc-clip``).
 
 Instance norm has no meaning on a flat feature vector (its statistics would cover one
 element), so ``in`` normalizes feature maps only and leaves flat hidden layers as they are.
@@ -26,8 +30,10 @@ import torch
 from torch import nn
 
 from flnorm.errors import ConfigError, unknown_choice
+from flnorm.ws_conv import ScaledStdConv2d
 
 NormLayer = Callable[[int], nn.Module]
+ConvLayer = Callable[..., nn.Module]  # nn.Conv2d's signature
 
 FN_EPS = 1e-5
 
@@ -77,7 +83,7 @@ def _group_norm(num_channels: int, *, groups: int) -> nn.Module:
     return nn.GroupNorm(groups, num_channels)
 
 
-BODY_NORMS: tuple[str, ...] = ("none", "bn", "gn", "ln", "in")
+BODY_NORMS: tuple[str, ...] = ("none", "bn", "gn", "ln", "in", "ws")
 NORM_CHOICES: tuple[str, ...] = BODY_NORMS + ("fn",) + tuple(f"{b}+fn" for b in BODY_NORMS[1:])
 POSITIONS: tuple[str, ...] = ("after", "before")
 
@@ -105,7 +111,7 @@ class NormSpec:
 
     @classmethod
     def parse(cls, text: str, groups: int = 2, position: str = "after") -> NormSpec:
-        """Parse ``none|bn|gn|ln|in`` optionally followed by ``+fn``, or ``fn`` alone."""
+        """Parse ``none|bn|gn|ln|in|ws`` optionally followed by ``+fn``, or ``fn`` alone."""
         name = text.strip().lower()
         if name not in NORM_CHOICES:
             raise unknown_choice("norm", text, NORM_CHOICES)
@@ -133,6 +139,7 @@ class NormSpec:
             "gn": partial(_group_norm, groups=self.groups),
             "ln": _layer_norm,
             "in": _instance_norm,
+            "ws": _identity,
         }[self.body]
 
     def flat_layer(self) -> NormLayer:
@@ -143,7 +150,12 @@ class NormSpec:
             "gn": partial(_group_norm, groups=self.groups),
             "ln": _layer_norm,
             "in": _identity,
+            "ws": _identity,
         }[self.body]
+
+    def conv_layer(self) -> ConvLayer:
+        """Convolution constructor: ``ScaledStdConv2d`` under ``ws``, else ``nn.Conv2d``."""
+        return ScaledStdConv2d if self.body == "ws" else nn.Conv2d
 
     def head_layer(self) -> NormLayer:
         """Constructor for the penultimate feature, called with its width ``d``."""

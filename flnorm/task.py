@@ -162,7 +162,7 @@ class ClientTask:
             self.model, self.data.train_x, self.data.train_y, self.transform,
             steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, generator=generator,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, proximal_mu=proximal_mu,
-            bn_frozen=bn_frozen, precision=cfg.precision,
+            bn_frozen=bn_frozen, precision=cfg.precision, agc_clip=cfg.agc_lambda,
         )
         metrics: dict[str, float | int] = {
             "train_loss": result.loss,

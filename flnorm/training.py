@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.sgd import sgd
 
+from flnorm.agc import adaptive_clip_, clipped_parameters
 from flnorm.bn.modes import batch_statistics, frozen_statistics
 from flnorm.precision import autocast, autocast_dtype, norms_in_fp32
 
@@ -95,6 +96,7 @@ def train_local(
     proximal_mu: float = 0.0,
     bn_frozen: bool = False,
     precision: str = "fp32",
+    agc_clip: float = 0.0,
 ) -> TrainResult:
     """Run ``steps`` SGD steps on ``(x, y)`` (already on the model's device).
 
@@ -102,18 +104,20 @@ def train_local(
     trainable parameters is added to the loss. With ``bn_frozen`` every BN layer
     normalizes with its running statistics and leaves them unchanged (FixBN).
     ``precision`` bf16/fp16 autocasts the forward pass and the loss (``flnorm.precision``);
-    the proximal term and the update stay in fp32.
+    the proximal term and the update stay in fp32. With ``agc_clip > 0`` the gradients are
+    clipped adaptively (``flnorm.agc``, the final classifier excepted) before each step.
     """
     if autocast_dtype(precision) == torch.float16:
         return _train_fp16(model, x, y, transform, steps=steps, batch_size=batch_size, lr=lr,
                            generator=generator, momentum=momentum, weight_decay=weight_decay,
-                           proximal_mu=proximal_mu, bn_frozen=bn_frozen)
+                           proximal_mu=proximal_mu, bn_frozen=bn_frozen, agc_clip=agc_clip)
     model.train()
     if bn_frozen:
         frozen_statistics(model)
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     momentum_buffers: list[torch.Tensor | None] = [None] * len(params)
+    clipped = clipped_parameters(model) if agc_clip > 0 else []
     index = batch_indices(len(y), batch_size, steps, generator).to(x.device)
     total = torch.zeros((), device=x.device)
     mixed = precision != "fp32"
@@ -129,6 +133,8 @@ def train_local(
         for p in params:
             p.grad = None
         loss.backward()
+        if clipped:
+            adaptive_clip_(clipped, agc_clip)
         sgd_step(params, momentum_buffers, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return TrainResult(loss=float(total) / steps, steps=steps, samples=int(index.numel()))
 
@@ -136,7 +142,7 @@ def train_local(
 def _train_fp16(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: Standardize, *, steps: int,
     batch_size: int, lr: float, generator: torch.Generator, momentum: float, weight_decay: float,
-    proximal_mu: float, bn_frozen: bool,
+    proximal_mu: float, bn_frozen: bool, agc_clip: float,
 ) -> TrainResult:
     """``train_local`` in fp16: ``torch.optim.SGD`` under a ``GradScaler`` (a step whose
     gradients overflow is skipped and the scale lowered, as PyTorch's AMP recipe does).
@@ -153,6 +159,7 @@ def _train_fp16(
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler(x.device.type, init_scale=FP16_INIT_SCALE)
+    clipped = clipped_parameters(model) if agc_clip > 0 else []
     index = batch_indices(len(y), batch_size, steps, generator).to(x.device)
     total = torch.zeros((), device=x.device)
     for batch in index:
@@ -165,6 +172,9 @@ def _train_fp16(
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if clipped:
+            scaler.unscale_(optimizer)  # clip the true gradients; step() then skips unscaling
+            adaptive_clip_(clipped, agc_clip)
         scaler.step(optimizer)
         scaler.update()
     return TrainResult(loss=float(total) / steps, steps=steps, samples=int(index.numel()))

@@ -20,7 +20,7 @@ def _flnorm(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--norm", "foo"], "unknown norm 'foo'; valid choices: none, bn, gn, ln, in, fn"),
+        (["--norm", "foo"], "unknown norm 'foo'; valid choices: none, bn, gn, ln, in, ws, fn"),
         (["--partition", "classes-0"], "at least 1 class"),
         (["--clients", "5000"], "5000 clients but only 4000 training samples"),
         (["--model", "vgg"], "valid choices: cnn, resnet18, mlp"),

@@ -81,7 +81,7 @@ def test_every_choice_parses(name):
 
 @pytest.mark.parametrize("bad", ["foo", "batchnorm", "fn+bn", "gn+ln", ""])
 def test_unknown_norm_lists_choices(bad):
-    with pytest.raises(ConfigError, match="valid choices: none, bn, gn, ln, in, fn"):
+    with pytest.raises(ConfigError, match="valid choices: none, bn, gn, ln, in, ws, fn"):
         NormSpec.parse(bad)
 
 

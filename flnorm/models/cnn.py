@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from flnorm.models.layers import Classifier, activated
-from flnorm.norms import NormLayer
+from flnorm.norms import ConvLayer, NormLayer
 
 
 def cnn_flat_dim(image_size: int) -> int:
@@ -32,6 +32,7 @@ def paper_cnn(
     head_norm_layer: NormLayer,
     bias: bool = False,
     position: str = "after",
+    conv_layer: ConvLayer = nn.Conv2d,
 ) -> Classifier:
     """Build the paper CNN.
 
@@ -49,11 +50,13 @@ def paper_cnn(
         Whether convs and linears carry biases (the paper removes all of them).
     position
         ``"after"`` or ``"before"`` the ReLU.
+    conv_layer
+        The convolution constructor (``nn.Conv2d``'s signature).
     """
     body = nn.Sequential(
-        activated(nn.Conv2d(in_channels, 64, 5, bias=bias), norm_layer(64), position),
+        activated(conv_layer(in_channels, 64, 5, bias=bias), norm_layer(64), position),
         nn.MaxPool2d(2),
-        activated(nn.Conv2d(64, 64, 5, bias=bias), norm_layer(64), position),
+        activated(conv_layer(64, 64, 5, bias=bias), norm_layer(64), position),
         nn.MaxPool2d(2),
         nn.Flatten(),
         activated(nn.Linear(cnn_flat_dim(image_size), 384, bias=bias), flat_norm_layer(384), position),

@@ -20,13 +20,14 @@ def _cnn(norm: NormSpec, num_classes: int, shape: InputShape, bias: bool) -> nn.
         raise ConfigError(f"the paper CNN expects square inputs, got {height}x{width}")
     return paper_cnn(
         num_classes, channels, height, norm.map_layer(), norm.flat_layer(), norm.head_layer(),
-        bias=bias, position=norm.position,
+        bias=bias, position=norm.position, conv_layer=norm.conv_layer(),
     )
 
 
 def _mlp(norm: NormSpec, num_classes: int, shape: InputShape, bias: bool) -> nn.Module:
-    if norm.body == "in":
-        raise ConfigError("norm 'in' normalizes feature maps; the mlp has none (use ln, gn, bn)")
+    if norm.body in ("in", "ws"):
+        raise ConfigError(f"norm '{norm.body}' acts on feature maps or convolutions; the mlp has none "
+                          "(use ln, gn, bn)")
     channels, height, width = shape
     return mlp(
         num_classes, channels * height * width, norm.flat_layer(), norm.head_layer(),
@@ -37,7 +38,8 @@ def _mlp(norm: NormSpec, num_classes: int, shape: InputShape, bias: bool) -> nn.
 def _resnet18(norm: NormSpec, num_classes: int, shape: InputShape, bias: bool) -> nn.Module:
     from flnorm.models.resnet import cifar_resnet18  # imports torchvision (~1 s): only when asked
 
-    return cifar_resnet18(num_classes, shape[0], norm.map_layer(), norm.head_layer(), bias=bias)
+    return cifar_resnet18(num_classes, shape[0], norm.map_layer(), norm.head_layer(), bias=bias,
+                          conv_layer=norm.conv_layer())
 
 
 MODELS: dict[str, Callable[[NormSpec, int, InputShape, bool], nn.Module]] = {

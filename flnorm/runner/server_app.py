@@ -62,6 +62,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
             partition=cfg.partition_spec.name,
             server_device=str(resolve_device(cfg.device)),
             engine="flnorm" if engine.active() else "flower",
+            agc_clip=cfg.agc_lambda,
             parameters=sum(p.numel() for p in model.parameters()),
             run_dir=str(rundir.path),
         )
