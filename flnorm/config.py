@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from flnorm.agc import FEDWON_AGC_CLIP
-from flnorm.data.datasets import DATASETS, check_dataset_name
+from flnorm.data.datasets import DATASET_DOMAINS, DATASETS, check_dataset_name
 from flnorm.data.partition import PARTITION_FORMS, PartitionSpec
 from flnorm.errors import ConfigError, unknown_choice
 from flnorm.models.registry import MODELS
@@ -51,7 +51,7 @@ class ExperimentConfig:
     are in its metadata (``help``, ``group``).
     """
 
-    dataset: str = _field("mnist5k", f"dataset: {_choices(DATASETS)} (mnist5k is embedded, offline)")
+    dataset: str = _field("mnist5k", f"dataset: {_choices(DATASETS)} (mnist5k and the multi-domain digits are embedded, offline)")
     model: str = _field("cnn", f"model: {_choices(MODELS)}")
     norm: str = _field("none", f"normalization: {_choices(NORM_CHOICES)} (BODY+fn adds FN before the head)")
     gn_groups: int = _field(2, "groups for gn (1 = LayerNorm, C = InstanceNorm; the LN/FN paper uses 2)")
@@ -124,7 +124,14 @@ class ExperimentConfig:
         if self.bn_eval == "precise" and self.strategy != "precisebn":
             raise ConfigError("bn-eval precise needs --strategy precisebn (it computes those statistics)")
         self.norm_spec  # noqa: B018 - parses and validates
-        self.partition_spec  # noqa: B018
+        if self.partition_spec.domains:
+            domains = DATASET_DOMAINS.get(self.dataset, ())
+            if not domains:
+                raise ConfigError(f"partition {self.partition} needs a multi-domain dataset: "
+                                  f"{_choices(DATASET_DOMAINS)} (dataset {self.dataset!r} has one domain)")
+            if self.clients < len(domains):
+                raise ConfigError(f"partition {self.partition}: {self.clients} clients cannot cover "
+                                  f"{self.dataset}'s {len(domains)} domains; use clients >= {len(domains)}")
         positive = {
             "clients": self.clients, "rounds": self.rounds, "local_steps": self.local_steps,
             "batch_size": self.batch_size, "num_cpus": self.num_cpus, "eval_every": self.eval_every,

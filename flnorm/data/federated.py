@@ -6,6 +6,7 @@ calls, while globals of a ``__main__`` script would be pickled by value and lost
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,14 +32,15 @@ def load_partition(
     """
     data = load_dataset(dataset, data_dir, download)
     train_y, test_y = data.train_y.numpy(), data.test_y.numpy()
+    train_d, test_d = (None, None) if data.train_domain is None else (data.train_domain.numpy(), data.test_domain.numpy())
     spec = PartitionSpec.parse(partition)
     key = cache_key(
-        train_y, test_y, spec.name, clients, seed, Path(partition_module.__file__).read_bytes(),
+        train_y, test_y, train_d, test_d, spec.name, clients, seed, Path(partition_module.__file__).read_bytes(),
         importlib.metadata.version("flwr-datasets"),
     )
 
     def build() -> dict[str, np.ndarray]:
-        built = make_partition(train_y, test_y, spec, clients, seed)
+        built = make_partition(train_y, test_y, spec, clients, seed, train_d, test_d)
         return {**_packed("train", built.train), **_packed("test", built.test)}
 
     arrays = cached_arrays(data_dir, f"partition-{dataset}-{spec.name}-c{clients}-s{seed}-{key}", build)
@@ -62,9 +64,9 @@ def _on_device(dataset: str, data_dir: str, download: bool, device: str) -> Imag
     if device == "cpu":
         return data
     dev = torch.device(device)
-    return ImageDataset(
-        data.name, data.train_x.to(dev), data.train_y.to(dev), data.test_x.to(dev),
-        data.test_y.to(dev), data.num_classes, data.mean, data.std,
+    return dataclasses.replace(
+        data, train_x=data.train_x.to(dev), train_y=data.train_y.to(dev), test_x=data.test_x.to(dev),
+        test_y=data.test_y.to(dev),
     )
 
 

@@ -5,15 +5,21 @@ Schemes (``--partition``):
 - ``iid``: a uniform random split (flwr-datasets ``IidPartitioner`` on shuffled data);
 - ``classes-K``: every client holds exactly K classes (``PathologicalPartitioner``,
   first class of client i is ``i mod C``, the rest random);
-- ``dirichlet-B``: class proportions per client drawn from Dir(B) (``DirichletPartitioner``).
+- ``dirichlet-B``: class proportions per client drawn from Dir(B) (``DirichletPartitioner``);
+- ``domains`` (feature shift, multi-domain datasets only): client ``i`` holds data of domain
+  ``i mod D`` alone, so clients spread evenly over the ``D`` domains; the clients of one
+  domain split it IID, or by a label scheme after a ``+``: ``domains+classes-2``,
+  ``domains+dirichlet-0.5`` (label shift inside domains).
 
 The test set is split *like the train set*, as in the LN/FN paper: the test images of
 class c are divided among clients in proportion to how many training images of class c
-each client holds. A partition is a pure function of (labels, scheme, clients, seed).
+each client holds (within the client's own domain under ``domains``). A partition is a
+pure function of (labels, domains, scheme, clients, seed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -21,21 +27,32 @@ import numpy as np
 
 from flnorm.errors import ConfigError
 
-PARTITION_FORMS = ("iid", "classes-K (K >= 1 integer)", "dirichlet-B (B > 0)")
+PARTITION_FORMS = ("iid", "classes-K (K >= 1 integer)", "dirichlet-B (B > 0)", "domains[+iid|classes-K|dirichlet-B]")
 MIN_CLIENT_SAMPLES = 2  # BatchNorm needs two samples per batch in train mode
 
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """A parsed partition scheme: ``iid``, ``classes`` with ``k``, or ``dirichlet`` with ``alpha``."""
+    """A parsed partition scheme: ``iid``, ``classes`` with ``k``, or ``dirichlet`` with
+    ``alpha``; with ``domains`` that scheme applies inside each domain."""
 
     scheme: str
     k: int = 0
     alpha: float = 0.0
+    domains: bool = False
 
     @classmethod
     def parse(cls, text: str) -> PartitionSpec:
         name = text.strip().lower()
+        if name == "domains" or name.startswith("domains+"):
+            inner = name.partition("+")[2] or "iid"
+            if inner.startswith("domains"):
+                raise ConfigError(f"partition {text!r}: 'domains' can appear once; valid forms: "
+                                  f"{', '.join(PARTITION_FORMS)}")
+            try:
+                return dataclasses.replace(cls.parse(inner), domains=True)
+            except ConfigError as exc:
+                raise ConfigError(f"partition {text!r}: {exc}") from None
         if name == "iid":
             return cls("iid")
         if m := re.fullmatch(r"classes-(\d+)", name):
@@ -52,11 +69,18 @@ class PartitionSpec:
 
     @property
     def name(self) -> str:
+        if self.domains:
+            return "domains" if self.scheme == "iid" else f"domains+{self.inner.name}"
         if self.scheme == "classes":
             return f"classes-{self.k}"
         if self.scheme == "dirichlet":
             return f"dirichlet-{self.alpha:g}"
         return "iid"
+
+    @property
+    def inner(self) -> PartitionSpec:
+        """The label scheme alone (inside each domain under ``domains``)."""
+        return dataclasses.replace(self, domains=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,9 +177,36 @@ def split_like(
 
 
 def make_partition(
-    train_labels: np.ndarray, test_labels: np.ndarray, spec: PartitionSpec, num_clients: int, seed: int
+    train_labels: np.ndarray, test_labels: np.ndarray, spec: PartitionSpec, num_clients: int, seed: int,
+    train_domains: np.ndarray | None = None, test_domains: np.ndarray | None = None,
 ) -> Partition:
-    """Partition train and test sets across ``num_clients``."""
-    train = split_train(train_labels, spec, num_clients, seed)
-    test = split_like(train, train_labels, test_labels, seed)
+    """Partition train and test sets across ``num_clients``.
+
+    ``train_domains``/``test_domains`` (each sample's domain index) are needed by ``domains``
+    partitions and ignored by the others.
+    """
+    if not spec.domains:
+        train = split_train(train_labels, spec, num_clients, seed)
+        return Partition(tuple(train), tuple(split_like(train, train_labels, test_labels, seed)))
+    if train_domains is None or test_domains is None:
+        raise ConfigError(f"partition {spec.name} needs a multi-domain dataset (e.g. --dataset digits)")
+    num_domains = int(train_domains.max()) + 1
+    if num_clients < num_domains:
+        raise ConfigError(f"partition {spec.name}: {num_clients} clients cannot cover the dataset's "
+                          f"{num_domains} domains; use at least {num_domains} clients")
+    train: list[np.ndarray] = [np.empty(0, np.int64)] * num_clients
+    test: list[np.ndarray] = [np.empty(0, np.int64)] * num_clients
+    owner = client_domains(num_clients, num_domains)
+    for d in range(num_domains):
+        members = [client for client, domain in enumerate(owner) if domain == d]
+        tr, te = np.flatnonzero(train_domains == d), np.flatnonzero(test_domains == d)
+        local = split_train(train_labels[tr], spec.inner, len(members), seed + d)
+        local_test = split_like(local, train_labels[tr], test_labels[te], seed + d)
+        for client, part, part_test in zip(members, local, local_test, strict=True):
+            train[client], test[client] = tr[part], te[part_test]
     return Partition(tuple(train), tuple(test))
+
+
+def client_domains(num_clients: int, num_domains: int) -> list[int]:
+    """The domain of every client under a ``domains`` partition: client ``i`` holds ``i mod D``."""
+    return [i % num_domains for i in range(num_clients)]
