@@ -23,8 +23,9 @@ from flwr.clientapp import ClientApp
 from flnorm.bn.precise import moments_to_arrays
 from flnorm.config import ExperimentConfig
 from flnorm.protocol import (
-    ACCEPTED, BN_FROZEN, BN_MOMENTS, CLIENT, CUDA_DEVICES, EXPERIMENT, INSTRUCTIONS, METRICS, MODEL,
-    MOMENTS, NUM_EXAMPLES, PLACEMENT, PROXIMAL_MU, RAY_NODE, SERVER_ROUND,
+    ACCEPTED, BN_FROZEN, BN_MOMENTS, CLIENT, CUDA_DEVICES, DOMAIN_CORRECT, DOMAIN_N, DOMAIN_PERSONAL_CORRECT,
+    EXPERIMENT, INSTRUCTIONS, METRICS, MODEL, MOMENTS, NUM_EXAMPLES, PLACEMENT, PROXIMAL_MU, RAY_NODE,
+    SERVER_ROUND,
 )
 from flnorm.records import torch_state
 from flnorm.runner.engine import adopt_in_flower_simulation
@@ -128,6 +129,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     Global: the global model with the run's BN evaluation mode (global, precise, batch,
     or ``local`` = this client's statistics). Personalized: the global model with this
     client's own BN state (FedBN: its BN modules; otherwise its running statistics).
+    A multi-domain dataset adds the counts per domain (``DOMAIN_N`` ...).
     """
     task, config = _task(msg, context)
     received = torch_state(msg.content[MODEL])
@@ -151,6 +153,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         SERVER_ROUND: int(config[SERVER_ROUND]),
         "eval_seconds": seconds,
     }
+    if result.group_n:  # a multi-domain dataset: the same counts per domain
+        metrics.update({DOMAIN_N: list(result.group_n), DOMAIN_CORRECT: list(result.group_correct),
+                        DOMAIN_PERSONAL_CORRECT: list(personal.group_correct)})
     return Message(content=RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -43,6 +43,13 @@ BN_FROZEN = "bn-frozen"
 NUM_EXAMPLES = "num-examples"
 CLIENT = "client"
 
+# Evaluate-reply keys of a multi-domain dataset: per domain (lists in the dataset's domain
+# order), the client's test samples and the correct predictions of the global and of the
+# personalized model.
+DOMAIN_N = "domain-n"
+DOMAIN_CORRECT = "domain-correct"
+DOMAIN_PERSONAL_CORRECT = "domain-personal-correct"
+
 # Placement keys: the Ray node id of the client's actor ("" outside Ray) and the
 # CUDA_VISIBLE_DEVICES its process saw ("" when unset).
 RAY_NODE = "ray-node"

@@ -180,10 +180,18 @@ class ClientTask:
         pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.client))[:DIAGNOSTIC_SAMPLES]
         return feature_diagnostics(self.model, self.transform(self.data.train_x[pick.to(self.device)]))
 
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The dataset's domains (empty for a single-domain dataset or a site's own data)."""
+        if self.data.test_domain is None:
+            return ()
+        return load_dataset(self.cfg.dataset, self.cfg.data_dir, self.cfg.download).domains
+
     def test(self, bn_batch_stats: bool = False) -> EvalResult:
-        """Evaluate the loaded model on the client's test split."""
+        """Evaluate the loaded model on the client's test split (per domain where there are domains)."""
         return evaluate(self.model, self.data.test_x, self.data.test_y, self.transform,
-                        bn_batch_stats=bn_batch_stats)
+                        bn_batch_stats=bn_batch_stats, groups=self.data.test_domain,
+                        num_groups=len(self.domains))
 
     def moments(self, batch_size: int = EVAL_BATCH) -> dict[str, Moments]:
         """Per-BN-layer moments of the loaded model over the client's training data."""

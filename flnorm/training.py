@@ -66,11 +66,14 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Summed loss and correct predictions over ``n`` samples."""
+    """Summed loss and correct predictions over ``n`` samples; with groups (e.g. domains),
+    the samples and correct predictions of each group."""
 
     loss_sum: float
     correct: int
     n: int
+    group_n: tuple[int, ...] = ()
+    group_correct: tuple[int, ...] = ()
 
     @property
     def loss(self) -> float:
@@ -211,28 +214,37 @@ def evaluate(
     transform: Standardize,
     batch_size: int | None = None,
     bn_batch_stats: bool = False,
+    groups: torch.Tensor | None = None,
+    num_groups: int = 0,
 ) -> EvalResult:
     """Loss and accuracy of ``model`` in eval mode.
 
     BN layers use their running statistics, or with ``bn_batch_stats`` the statistics of
     each evaluation batch (of up to ``batch_size`` samples, default ``BN_STATS_BATCH``;
     running statistics untouched). Otherwise batches of ``EVAL_BATCH`` samples by default.
+    ``groups`` (each sample's group index, below ``num_groups``) adds per-group counts.
     """
     model.eval()
     if bn_batch_stats:
         with batch_statistics(model):
-            return _accumulate(model, x, y, transform, batch_size or BN_STATS_BATCH)
-    return _accumulate(model, x, y, transform, batch_size or EVAL_BATCH)
+            return _accumulate(model, x, y, transform, batch_size or BN_STATS_BATCH, groups, num_groups)
+    return _accumulate(model, x, y, transform, batch_size or EVAL_BATCH, groups, num_groups)
 
 
 def _accumulate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: Standardize, batch_size: int
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: Standardize, batch_size: int,
+    groups: torch.Tensor | None = None, num_groups: int = 0,
 ) -> EvalResult:
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    hits = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     for start in range(0, len(y), batch_size):
         xb, yb = transform(x[start : start + batch_size]), y[start : start + batch_size]
         logits = model(xb)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == yb).sum()
-    return EvalResult(loss_sum=float(loss_sum), correct=int(correct), n=len(y))
+        hits[start : start + batch_size] = logits.argmax(dim=1) == yb
+    if groups is None:
+        return EvalResult(loss_sum=float(loss_sum), correct=int(hits.sum()), n=len(y))
+    group_n = torch.bincount(groups, minlength=num_groups)
+    group_correct = torch.bincount(groups[hits], minlength=num_groups)
+    return EvalResult(loss_sum=float(loss_sum), correct=int(hits.sum()), n=len(y),
+                      group_n=tuple(group_n.tolist()), group_correct=tuple(group_correct.tolist()))

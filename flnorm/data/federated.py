@@ -72,12 +72,14 @@ def _on_device(dataset: str, data_dir: str, download: bool, device: str) -> Imag
 
 @dataclass(frozen=True, eq=False)
 class ClientData:
-    """One client's train and test split, uint8 images on the training device."""
+    """One client's train and test split, uint8 images on the training device; for a
+    multi-domain dataset, each test image's domain index (``test_domain``)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    test_domain: torch.Tensor | None = None
 
 
 def client_data(
@@ -91,4 +93,5 @@ def client_data(
     data = _on_device(dataset, data_dir, download, str(device))
     tr = torch.from_numpy(parts.train[client]).to(data.train_x.device)
     te = torch.from_numpy(parts.test[client]).to(data.test_x.device)
-    return ClientData(data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te])
+    domain = None if data.test_domain is None else data.test_domain.to(te.device)[te]
+    return ClientData(data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te], domain)

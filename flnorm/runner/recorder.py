@@ -13,7 +13,9 @@ from flnorm.config import ExperimentConfig
 from flnorm.data.datasets import load_dataset
 from flnorm.device import place, resolve_device
 from flnorm.diagnostics import TOP_SINGULAR_VALUES
-from flnorm.protocol import CLIENT, CUDA_DEVICES, NUM_EXAMPLES, RAY_NODE
+from flnorm.protocol import (
+    CLIENT, CUDA_DEVICES, DOMAIN_CORRECT, DOMAIN_N, DOMAIN_PERSONAL_CORRECT, NUM_EXAMPLES, RAY_NODE,
+)
 from flnorm.records import torch_state
 from flnorm.runner.monitor import PhaseReplies, ReplyLog
 from flnorm.runner.progress import Progress
@@ -55,6 +57,11 @@ class RoundRecorder:
     With ``diagnostics``, in the rounds that evaluate (empty in the others): ``feature_norm``
     (mean over clients of the mean penultimate feature norm after local training) and
     ``sv1..sv5`` of client ``diag_client``'s feature matrix ``Z / sqrt(n)``.
+    A multi-domain dataset adds, per domain ``D`` (e.g. ``test_accuracy_mnistm``):
+    ``test_accuracy_D`` and ``personal_accuracy_D``, the mean over the clients holding test
+    images of ``D`` of their accuracy on those images, and ``union_accuracy_D``, the global
+    model on the whole test set of ``D``; ``clients.csv`` gains each client's ``domain``
+    (``mixed`` when its test images span several).
     """
 
     def __init__(self, cfg: ExperimentConfig, rundir: RunDirectory, replies: ReplyLog, progress: Progress) -> None:
@@ -67,6 +74,8 @@ class RoundRecorder:
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
         self.test_x = data.test_x.to(self.device)
         self.test_y = data.test_y.to(self.device)
+        self.domains = data.domains
+        self.test_domain = None if data.test_domain is None else data.test_domain.to(self.device)
         self.transform = Standardize(data.mean, data.std, self.device, cfg.channels_last)
         self.started = time.perf_counter()
         self.last = self.started
@@ -78,11 +87,25 @@ class RoundRecorder:
         mode = self.cfg.bn_eval_mode
         return "global" if mode == "local" else mode
 
-    def union_eval(self, arrays: ArrayRecord) -> tuple[float, float]:
+    def union_eval(self, arrays: ArrayRecord) -> tuple[float, float, list[float]]:
+        """Accuracy and loss of the global model on the whole test set, and its accuracy per domain."""
         self.model.load_state_dict(torch_state(arrays))
         result = evaluate(self.model, self.test_x, self.test_y, self.transform,
-                          bn_batch_stats=self.union_mode == "batch")
-        return result.accuracy, result.loss
+                          bn_batch_stats=self.union_mode == "batch", groups=self.test_domain,
+                          num_groups=len(self.domains))
+        per_domain = [c / n if n else math.nan for c, n in zip(result.group_correct, result.group_n, strict=True)]
+        return result.accuracy, result.loss, per_domain
+
+    def _domain_columns(self, evaluated: list[dict], union: list[float]) -> dict[str, float]:
+        """Per domain: mean over clients of their accuracy on its test images; the union's."""
+        out: dict[str, float] = {}
+        for d, name in enumerate(self.domains):
+            holding = [m for m in evaluated if DOMAIN_N in m and m[DOMAIN_N][d] > 0]
+            out[f"test_accuracy_{name}"] = _mean([m[DOMAIN_CORRECT][d] / m[DOMAIN_N][d] for m in holding])
+            out[f"personal_accuracy_{name}"] = _mean(
+                [m[DOMAIN_PERSONAL_CORRECT][d] / m[DOMAIN_N][d] for m in holding])
+            out[f"union_accuracy_{name}"] = union[d] if union else math.nan
+        return out
 
     def resume(self) -> None:
         """Continue a resumed run: ``elapsed`` goes on from the last row on disk."""
@@ -93,9 +116,9 @@ class RoundRecorder:
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         if server_round > 0 and not self.cfg.evaluates(server_round):
-            union_acc = union_loss = math.nan
+            union_acc, union_loss, union_domains = math.nan, math.nan, []
         else:
-            union_acc, union_loss = self.union_eval(arrays)
+            union_acc, union_loss, union_domains = self.union_eval(arrays)
         if server_round == 0:
             self.progress.note(f"round 0: initial model, union accuracy {union_acc:.4f}")
             self.started = self.last = time.perf_counter()
@@ -114,6 +137,7 @@ class RoundRecorder:
             "personal_accuracy": _mean([m["personal_accuracy"] for m in evaluated]),
             "union_accuracy": union_acc,
             "union_loss": union_loss,
+            **self._domain_columns(evaluated, union_domains),
             "train_loss": _mean([m["train_loss"] for m in trained]),
             **self._diagnostics(train),
             "clients_trained": len(trained),
@@ -126,7 +150,7 @@ class RoundRecorder:
         self.last = now
         self.rows.append(row)
         self.rundir.append_metrics({**row, "bn_eval": self.cfg.bn_eval_mode, "union_bn_eval": self.union_mode})
-        self.rundir.append_clients(self._client_rows(server_round, train, test))
+        self.rundir.append_clients(self._client_rows(server_round, train, test, self.domains))
         if math.isnan(union_acc):
             self.progress.step(f"train_loss {row['train_loss']:.4f}, {row['seconds']:.2f} s (no evaluation this "
                                "round)", f"loss {row['train_loss']:.3f}")
@@ -170,7 +194,7 @@ class RoundRecorder:
 
     @staticmethod
     def _client_rows(
-        server_round: int, train: PhaseReplies, test: PhaseReplies
+        server_round: int, train: PhaseReplies, test: PhaseReplies, domains: tuple[str, ...] = ()
     ) -> list[dict[str, float]]:
         by_client: dict[int, dict[str, float]] = {}
         for m in train.metrics:
@@ -186,10 +210,13 @@ class RoundRecorder:
                 personal_accuracy=m["personal_accuracy"] if m[NUM_EXAMPLES] else math.nan,
                 num_test=m[NUM_EXAMPLES], eval_seconds=m.get("eval_seconds", math.nan),
             )
+            if domains and DOMAIN_N in m:
+                held = [name for name, n in zip(domains, m[DOMAIN_N], strict=True) if n > 0]
+                by_client[int(m[CLIENT])]["domain"] = held[0] if len(held) == 1 else "mixed"
         defaults = {**dict.fromkeys(("train_loss", "num_train", "fit_seconds", "feature_norm", "test_accuracy",
                                       "test_loss", "personal_accuracy", "num_test", "eval_seconds"),
                                     math.nan),
-                    "ray_node": "", "cuda_visible_devices": ""}
+                    "ray_node": "", "cuda_visible_devices": "", **({"domain": ""} if domains else {})}
         return [
             {"round": server_round, CLIENT: c, **{k: v.get(k, d) for k, d in defaults.items()}}
             for c, v in sorted(by_client.items())
