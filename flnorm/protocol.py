@@ -74,7 +74,8 @@ ACCEPTED: dict[str, frozenset[str]] = {
 MESSAGE_TYPES: dict[str, str] = {
     TRAIN: "loads the model (and its own BN state where that stays local), trains local-steps "
            "SGD steps, replies with the model less its local keys",
-    EVALUATE: "replies with the global and the personalized loss and accuracy on its test split",
+    EVALUATE: "replies with the global and the personalized loss and accuracy on its test split "
+              "(a multi-domain dataset: also per domain, DOMAIN_N / DOMAIN_CORRECT / DOMAIN_PERSONAL_CORRECT)",
     BN_MOMENTS: "loads the model, replies with per-BN-layer (n, mean, var) over its training data "
                 "(weights frozen)",
 }
