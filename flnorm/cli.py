@@ -62,9 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     _config_options(grid, multi=True)
     grid.add_argument("--out", default="runs/grid", help="grid directory (default: runs/grid)")
     grid.add_argument("--parallel", type=int, default=1, help="cells at once (default: 1)")
-    plot = sub.add_parser("plot", help="plot runs or grids into PNG files")
-    plot.add_argument("runs", nargs="+", help="run directories or grid directories")
+    plot = sub.add_parser("plot", help="plot runs or grids into PNG files, or a dataset's images")
+    plot.add_argument("runs", nargs="*", help="run directories or grid directories")
     plot.add_argument("--out", default="plots", help="directory for the PNGs (default: plots)")
+    plot.add_argument("--samples", metavar="DATASET", help="also draw a grid of DATASET's training images, "
+                      "one row per domain (e.g. digits)")
+    plot.add_argument("--data-dir", default="data", help="where --samples finds the dataset (default: data)")
     from flnorm import deploy_cli
 
     deploy_cli.add_parser(sub)
@@ -118,11 +121,17 @@ def _grid(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _plot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from flnorm.plots import plot_runs
+    from flnorm.data.datasets import check_dataset_name
+    from flnorm.plots import plot_runs, plot_samples
 
+    if not args.runs and not args.samples:
+        parser.exit(2, "flnorm plot: error: give run or grid directories, or --samples DATASET\n")
     try:
-        written = plot_runs(args.runs, args.out)
-    except FileNotFoundError as exc:
+        written = plot_runs(args.runs, args.out) if args.runs else []
+        if args.samples:
+            check_dataset_name(args.samples)
+            written.append(plot_samples(args.samples, args.out, args.data_dir))
+    except (FileNotFoundError, ConfigError) as exc:
         parser.exit(2, f"flnorm plot: error: {exc}\n")
     for path in written:
         print(path)

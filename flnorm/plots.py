@@ -140,4 +140,49 @@ def plot_runs(paths: list[str | Path], out: str | Path = "plots") -> list[Path]:
             ax.grid(alpha=0.3)
         ax_norm.legend(fontsize=7)
         written.append(_save(fig, out / "features.png"))
+
+    domains = [c.removeprefix("test_accuracy_") for c in runs[0].metrics if c.startswith("test_accuracy_")]
+    if domains and all(f"test_accuracy_{d}" in r.metrics for r in runs for d in domains):
+        fig, axes = _figure(len(domains), "Accuracy per domain: global (solid), personalized (dashed)")
+        for run, name in zip(runs, names):
+            m = run.evaluated
+            for ax, domain in zip(axes, domains, strict=True):
+                line = ax.plot(m["round"], m[f"test_accuracy_{domain}"], label=name)[0]
+                ax.plot(m["round"], m[f"personal_accuracy_{domain}"], ls="--", color=line.get_color())
+        for ax, domain in zip(axes, domains, strict=True):
+            ax.set(title=domain, xlabel="round", ylabel="accuracy", ylim=(0, 1))
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        written.append(_save(fig, out / "domains.png"))
     return written
+
+
+def sample_grid(dataset: str, data_dir: str = "data", per_domain: int = 12, download: bool = True) -> Figure:
+    """Training images of ``dataset``: one row per domain (one row for a single-domain set)."""
+    import torch
+
+    from flnorm.data import load_dataset
+
+    data = load_dataset(dataset, data_dir, download)
+    domains = data.domains or (dataset,)
+    fig = Figure(figsize=(per_domain * 0.8, len(domains) * 0.9 + 0.4))
+    axes = fig.subplots(len(domains), per_domain, squeeze=False)
+    for row, name in enumerate(domains):
+        members = (data.train_domain == row).nonzero().flatten() if data.domains else torch.arange(len(data.train_y))
+        for col, ax in enumerate(axes[row]):
+            index = int(members[col * len(members) // per_domain])  # spread over the domain
+            image = data.train_x[index].permute(1, 2, 0).numpy()
+            ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(str(int(data.train_y[index])), fontsize=7)
+        axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"{dataset}: training images per domain (label above)")
+    return fig
+
+
+def plot_samples(dataset: str, out: str | Path = "plots", data_dir: str = "data") -> Path:
+    """Write ``samples-<dataset>.png``: a grid of training images per domain."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _save(sample_grid(dataset, data_dir), out / f"samples-{dataset}.png")

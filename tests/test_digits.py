@@ -11,8 +11,13 @@ from flnorm.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return load_dataset("digits", str(tmp_path_factory.mktemp("digits")))
+def digits_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="module")
+def data(digits_dir):
+    return load_dataset("digits", digits_dir)  # built here (the cache is empty), once per module
 
 
 def test_every_domain_has_ten_classes_in_one_shape(data):
@@ -70,11 +75,13 @@ def test_recipes_are_seeded(monkeypatch):
     assert np.array_equal(digits.mnistm_domain()[0], digits.mnistm_domain()[0])
 
 
-def test_the_dataset_is_cached(tmp_path, data):
-    again = load_dataset("digits", str(tmp_path))  # built here, then read back below
-    assert (tmp_path / ".flnorm-cache").exists()
-    assert np.array_equal(again.train_x.numpy(), data.train_x.numpy())
-    assert np.array_equal(again.test_domain.numpy(), data.test_domain.numpy())
+def test_the_dataset_is_cached(digits_dir, data):
+    from pathlib import Path
+
+    assert list((Path(digits_dir) / ".flnorm-cache").glob("digits-*.npz"))
+    stored = digits.load_digits_arrays(Path(digits_dir))  # read back from the file
+    assert np.array_equal(stored["train_x"], data.train_x.numpy())
+    assert np.array_equal(stored["test_domain"], data.test_domain.numpy())
 
 
 @pytest.mark.parametrize("partition, clients", [("domains", 4), ("domains", 8), ("domains+classes-2", 8),
@@ -118,3 +125,20 @@ def test_domains_partition_is_checked_before_anything_runs():
         ExperimentConfig(dataset="digits", partition="domains", clients=3)
     with pytest.raises(ConfigError, match="multi-domain"):
         make_partition(np.zeros(10, np.int64), np.zeros(4, np.int64), PartitionSpec.parse("domains"), 2, 0)
+
+
+def test_flnorm_plot_draws_every_domain(tmp_path, digits_dir, data):
+    import matplotlib.image as mpimg
+
+    from flnorm.cli import main
+    from flnorm.plots import sample_grid
+
+    fig = sample_grid("digits", digits_dir, per_domain=5)
+    axes = fig.get_axes()
+    assert len(axes) == 4 * 5
+    assert [axes[5 * row].get_ylabel() for row in range(4)] == list(data.domains)
+    assert main(["plot", "--samples", "digits", "--out", str(tmp_path / "p"), "--data-dir", digits_dir]) == 0
+    image = mpimg.imread(tmp_path / "p" / "samples-digits.png")
+    assert image.shape[0] > 100 and image.std() > 0.1  # drawn, not blank
+    with pytest.raises(SystemExit):
+        main(["plot"])
