@@ -6,8 +6,9 @@ instruction keys its message type does not define. The client's partition comes 
 ``context.node_config`` (``partition-id``, ``num-partitions``), set by the simulation
 engine or by ``flower-supernode --node-config``; a node with ``data-path=/site.npz``
 trains on that file instead (``flnorm.data.site``), ``partition-id`` then only naming
-the client. The client's own BN tensors persist across rounds in ``context.state``:
-FedBN/SiloBN train with them, and every client reports a personalized accuracy with them.
+the client. The client's own tensors (its BN, and what its strategy keeps local) persist
+across rounds in ``context.state``: FedBN/SiloBN train with their BN, ``local`` with its
+whole model, and every client reports a personalized accuracy with them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from flnorm.records import torch_state
 from flnorm.runner.engine import adopt_in_flower_simulation
 from flnorm.task import ClientTask, personal_keys
 
-BN_STATE = "flnorm.bn"  # the client's own BN tensors in context.state
+OWN_STATE = "flnorm.own"  # the client's own tensors (BN, local keys) in context.state
 
 app = ClientApp()
 adopt_in_flower_simulation()  # under `flwr run`; see flnorm.runner.engine
@@ -88,10 +89,10 @@ def actor_cpus() -> int | None:
 
 
 def _kept(context: Context, keys: frozenset[str]) -> dict | None:
-    """The client's own BN tensors among ``keys``, or None before it has trained."""
-    if BN_STATE not in context.state:
+    """The client's own tensors among ``keys``, or None before it has trained."""
+    if OWN_STATE not in context.state:
         return None
-    kept = torch_state(context.state[BN_STATE])
+    kept = torch_state(context.state[OWN_STATE])
     return {k: v for k, v in kept.items() if k in keys}
 
 
@@ -106,8 +107,9 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),
         bn_frozen=bool(config.get(BN_FROZEN, False)),
     )
-    if task.layout:
-        context.state[BN_STATE] = ArrayRecord(task.bn_state())
+    own = task.own_state()
+    if own:
+        context.state[OWN_STATE] = ArrayRecord(own)
     metrics[SERVER_ROUND] = server_round
     content = RecordDict({
         MODEL: ArrayRecord(task.shared_state()), METRICS: MetricRecord(metrics), PLACEMENT: placement(),
@@ -139,7 +141,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     result = task.test(bn_batch_stats=(mode == "batch"))
     personal = result
-    if task.layout and own:
+    if own:
         task.load(received, overlay=own)
         personal = task.test()
     seconds = time.perf_counter() - start

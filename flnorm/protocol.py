@@ -85,6 +85,7 @@ BN_LOCAL: dict[str, str] = {
     "": "nothing: every tensor travels",
     "module": "every tensor of every BN module (affine and statistics)",
     "stats": "BN running statistics (mean, variance, counter); BN affine travels",
+    "model": "the whole model: nothing travels either way, each client keeps its own",
 }
 
 
@@ -145,6 +146,9 @@ CONTRACTS: dict[str, StrategyContract] = {c.name: c for c in (
                      "under the averaged model, before each evaluation",
                      queries=((BN_MOMENTS, "after aggregation in rounds that evaluate, "
                                "once per pass: precise-passes"),)),
+    StrategyContract("local", "Local only (FedBN's SingleSet baseline): every client trains its own "
+                     "model alone, no federation; its figure is the personalized accuracy",
+                     "none on the server (the global model stays the initial one)", bn_local="model"),
     StrategyContract("fedprox", "FedProx (Li et al., 2020): proximal term on the clients",
                      "averaged like the weights", train=((PROXIMAL_MU, "every round"),)),
     StrategyContract("fedadam", "FedAdam (Reddi et al., 2021): Adam on the server, "

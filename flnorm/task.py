@@ -72,6 +72,8 @@ def bn_layout(cfg: ExperimentConfig) -> BNLayout:
 
 def local_keys(cfg: ExperimentConfig) -> frozenset[str]:
     """State keys that never leave the client under ``cfg.strategy`` (its contract's ``bn_local``)."""
+    if cfg.contract.bn_local == "model":
+        return frozenset(initial_state(cfg))
     return bn_layout(cfg).local_keys(cfg.contract.bn_local)
 
 
@@ -149,9 +151,11 @@ class ClientTask:
         """What the client sends back: its state without the keys that stay local."""
         return {k: v for k, v in self.state().items() if k not in self.local_keys}
 
-    def bn_state(self) -> dict[str, torch.Tensor]:
-        """Every BN tensor (statistics and affine), kept by the client between rounds."""
-        return {k: v for k, v in self.state().items() if k in self.layout.module_keys}
+    def own_state(self) -> dict[str, torch.Tensor]:
+        """What the client keeps between rounds: every BN tensor (statistics and affine) and
+        every key that stays local (the whole model under ``local``)."""
+        keep = self.layout.module_keys | self.local_keys
+        return {k: v for k, v in self.state().items() if k in keep}
 
     def fit(self, server_round: int, proximal_mu: float = 0.0, bn_frozen: bool = False) -> dict[str, float | int]:
         """Train ``cfg.local_steps`` steps; return metrics."""

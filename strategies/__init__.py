@@ -8,11 +8,12 @@ from strategies.fedopt import FedOpt
 from strategies.fedprox import FedProx
 from strategies.fedyogi import FedYogi
 from strategies.fixbn import FixBN
+from strategies.local_only import LocalOnly
 from strategies.precisebn import PreciseBN
 from strategies.registry import STRATEGY_BUILDERS, build_strategy
 from strategies.silobn import SiloBN
 
 __all__ = [
     "STRATEGY_BUILDERS", "FedAdam", "FedAvg", "FedAvgPooled", "FedBN", "FedOpt", "FedProx", "FedYogi",
-    "FixBN", "PreciseBN", "SiloBN", "build_strategy",
+    "FixBN", "LocalOnly", "PreciseBN", "SiloBN", "build_strategy",
 ]

@@ -10,7 +10,7 @@ from flwr.serverapp.strategy import Strategy
 from flnorm.config import ExperimentConfig
 from flnorm.errors import unknown_choice
 from flnorm.protocol import CONTRACTS
-from flnorm.task import bn_layout, new_model
+from flnorm.task import bn_layout, local_keys, new_model
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedavg_pooled import FedAvgPooled
@@ -18,6 +18,7 @@ from strategies.fedbn import FedBN
 from strategies.fedprox import FedProx
 from strategies.fedyogi import FedYogi
 from strategies.fixbn import FixBN
+from strategies.local_only import LocalOnly
 from strategies.precisebn import PreciseBN
 from strategies.silobn import SiloBN
 
@@ -34,6 +35,7 @@ STRATEGY_BUILDERS: dict[str, tuple[type[FedAvg], Callable[[ExperimentConfig], di
     "silobn": (SiloBN, lambda cfg: {}),
     "fixbn": (FixBN, lambda cfg: {"freeze_after": cfg.fixbn_freeze_after}),
     "precisebn": (PreciseBN, lambda cfg: {"passes": cfg.precise_passes, "timeout": cfg.round_timeout}),
+    "local": (LocalOnly, lambda cfg: {"model_keys": local_keys(cfg)}),
     "fedprox": (FedProx, lambda cfg: {"proximal_mu": cfg.proximal_mu}),
     "fedadam": (FedAdam, lambda cfg: {"eta": cfg.server_lr, "trainable_keys": _trainable(cfg)}),
     "fedyogi": (FedYogi, lambda cfg: {"eta": cfg.server_lr, "trainable_keys": _trainable(cfg)}),

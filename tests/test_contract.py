@@ -14,6 +14,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,6 +223,44 @@ def test_fedavg_equals_plain_pytorch_fedavg(tmp_path, shared_ray):
     assert moved > 1e-3  # the comparison is not between two untrained models
 
 
+@pytest.mark.slow
+def test_local_only_equals_each_client_training_alone(tmp_path, shared_ray, wire):
+    """``local``: every client's model is plain SGD on its own data alone, round after round
+    (its per-round training loss and its personalized accuracy match the reference), and no
+    tensor crosses the wire."""
+    cfg = ExperimentConfig(norm="none", strategy="local", partition="classes-2", clients=3, rounds=3,
+                           local_steps=10, lr=0.03, seed=0, out=str(tmp_path / "local"))
+    run_experiment(cfg)
+    clients = pd.read_csv(tmp_path / "local" / "clients.csv")
+    data = load_dataset(cfg.dataset)
+    parts = load_partition(cfg.dataset, cfg.data_dir, cfg.download, cfg.partition, cfg.clients, cfg.seed)
+    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    for client in range(cfg.clients):
+        model = new_model(cfg).to(memory_format=torch.channels_last)  # as the clients' (same numbers, rounding aside)
+        x, y = client_inputs(cfg, client)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for server_round in range(1, cfg.rounds + 1):
+            model.train()
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+            losses = []
+            for index in batch_stream(len(y), cfg.batch_size, cfg.local_steps, cfg.seed, server_round, client):
+                loss = F.cross_entropy(model(x[index]), y[index])
+                losses.append(float(loss))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            row = clients[(clients["round"] == server_round) & (clients["client"] == client)].iloc[0]
+            assert row["train_loss"] == pytest.approx(np.mean(losses), rel=1e-5), (client, server_round)
+        test_index = torch.from_numpy(parts.test[client])
+        with torch.no_grad():
+            logits = model.eval()((data.test_x[test_index].float() / 255 - mean) / std)
+        accuracy = float((logits.argmax(1) == data.test_y[test_index]).double().mean())
+        assert row["personal_accuracy"] == pytest.approx(accuracy, abs=1.01 / len(test_index)), client
+        assert accuracy > 0.6, accuracy  # each client learned its own two classes (chance: 0.5)
+    assert all(len(m.content[MODEL]) == 0 for messages, _ in wire for m in messages)
+    assert all(len(r.content[MODEL]) == 0 for _, replies in wire for r in replies if r.metadata.message_type == TRAIN)
+
+
 def _keys(record_dict) -> set[str]:
     return {k for rec in record_dict.array_records.values() for k in rec}
 
@@ -232,7 +271,7 @@ WIRE = dict(norm="bn", partition="classes-2", clients=2, rounds=3, local_steps=2
 # summed (pooled statistics summarize every client's batches), pooled once then frozen
 # (fixbn), never updated on the server where BN statistics stay local.
 COUNTS = {"fedavg": 6, "fedprox": 6, "precisebn": 6, "fedavg-pooled": 12, "fedadam": 12, "fedyogi": 12,
-          "fixbn": 4, "fedbn": 0, "silobn": 0}
+          "fixbn": 4, "fedbn": 0, "silobn": 0, "local": 0}
 
 
 @pytest.mark.slow
@@ -243,7 +282,8 @@ def test_messages_on_the_wire_match_the_contract(tmp_path, shared_ray, wire, str
     row = CONTRACTS[strategy]
     layout = bn_layout(cfg)
     everything = set(new_model(cfg).state_dict())
-    stays = {"": set(), "module": set(layout.module_keys), "stats": set(layout.stat_keys)}[row.bn_local]
+    stays = {"": set(), "module": set(layout.module_keys), "stats": set(layout.stat_keys),
+             "model": everything}[row.bn_local]
     assert layout and stays <= everything
 
     sent = [(m, replies) for messages, replies in wire for m in messages]
