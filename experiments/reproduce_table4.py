@@ -169,21 +169,25 @@ def curves(args: argparse.Namespace) -> pd.DataFrame:
     return data
 
 
-def settle(data: pd.DataFrame, window: int) -> pd.DataFrame:
-    """Per cell: the mean of its last ``window`` rounds' evaluations (``global``,
-    ``personal``, ``union``, in %), the flatness against the ``window`` before, rounds, seconds."""
+def settle(data: pd.DataFrame, window: int, keys: list[str] = KEYS) -> pd.DataFrame:
+    """Per cell (one group of ``keys``): the mean of its last ``window`` rounds' evaluations
+    (``global``, ``personal``, ``union``, in %), the flatness against the ``window`` before,
+    rounds, seconds; and, for every other column named ``*_accuracy_*`` (per domain), its
+    mean over the last ``window`` rounds, in %."""
+    per_domain = [c for c in data if "_accuracy_" in c]
     rows = []
-    for keys, cell in data.groupby(KEYS):
+    for values, cell in data.groupby(keys):
         last_round = int(cell["round"].max())
         late = cell[cell["round"] > last_round - window]
         before = cell[(cell["round"] > last_round - 2 * window) & (cell["round"] <= last_round - window)]
         rows.append(dict(
-            zip(KEYS, keys, strict=True),
+            zip(keys, values, strict=True),
             rounds=last_round, evaluations=len(late),
             global_=100 * late["test_accuracy"].mean(), personal=100 * late["personal_accuracy"].mean(),
             union=100 * late["union_accuracy"].mean(),
             flatness=100 * (late["test_accuracy"].mean() - before["test_accuracy"].mean()),
             seconds=cell["elapsed"].max() if "elapsed" in cell else float("nan"),
+            **{c: 100 * late[c].mean() for c in per_domain},
         ))
     return pd.DataFrame(rows)
 

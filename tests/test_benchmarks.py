@@ -72,3 +72,20 @@ def test_deploy_benchmark_runs_superlink_and_supernodes_and_splits_the_round():
     assert wall > 0 and 0 < compute < wall and rest == pytest.approx(wall - compute, abs=0.02)
     (imports,) = _figure(out, "import clients.client_app")
     assert imports > 0
+
+
+def test_regimes_reproduction_keeps_cells_and_reports_both_regimes(tmp_path):
+    """The feature-shift reproduction on a tiny grid: one cell per regime kept as a CSV, per-domain
+    figures in the report, and a second invocation that runs nothing."""
+    args = ["--clients", "4", "--rounds", "2", "--eval-every", "1", "--window", "1", "--methods", "FedBN",
+            "--regimes", "iid", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "kept")]
+    out = _run("reproduce_regimes.py", *args)
+    kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
+    assert kept == ["FedBN,partition=iid,seed=0.csv"]
+    row = next(ln for ln in out.splitlines() if ln.startswith("| FedBN |"))
+    assert re.match(r"\| FedBN \| \d+\.\d\*? / \d+\.\d\*? \| - / - \| - / - \|", row), row
+    curve = pd.read_csv(tmp_path / "kept" / kept[0])
+    assert {"test_accuracy_mnist", "personal_accuracy_synth"} <= set(curve.columns)
+    again = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "kept" not in again.stderr  # nothing left to run

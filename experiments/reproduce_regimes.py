@@ -1,0 +1,175 @@
+"""Normalization under both regimes on one dataset: IID, label shift and feature shift.
+
+    .venv/bin/python experiments/reproduce_regimes.py              # runs what is missing, prints the tables
+    .venv/bin/python experiments/reproduce_regimes.py --report-only
+
+Every method of the label-shift tables plus FedWon (``--norm ws``) and the local-only
+baseline (``--strategy local``, FedBN's SingleSet), on the embedded multi-domain digits
+(``--dataset digits``: MNIST, optdigits, MNIST-M-style, SynthDigits-style), under
+
+- ``iid``: every client a uniform share of all four domains;
+- ``classes-2``: label shift, two classes per client, domains mixed;
+- ``domains``: feature shift, every client one domain (client i holds domain i mod 4).
+
+``--clients`` (default 20) is a multiple of four, so under ``domains`` each domain has
+``clients / 4`` clients and each holds that share of it: with 20, a fifth (400 training
+images of MNIST, MNIST-M and Synth, 287-288 of optdigits), where FedBN's protocol gives a
+tenth. Three seeds under feature shift, one elsewhere; local training as the label-shift
+tables (E = 10 steps of batch 32, plain SGD lr 0.01, bias-free CNN).
+
+Each cell's per-round metrics are kept as one CSV under ``--results`` (kept in git); a
+re-run skips kept cells and continues a cell cut short from its checkpoint. Figures are
+means over the last ``--window`` evaluated rounds, with the flatness rule of
+``reproduce_table4.py`` (``*``: moved more than 1 point against the window before).
+*Global* is the global model on each client's test split (mean over clients), *personal*
+each client's own model state (its BN; the whole model under ``local``): the protocol of
+FedBN's paper under feature shift, and no evidence of learning under label shift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from reproduce_table4 import METHODS as LABEL_SHIFT_METHODS
+from reproduce_table4 import fmt, kept, settle
+
+from flnorm import ExperimentConfig, run_experiment
+from flnorm.data.digits import DOMAINS
+from flnorm.runner.checkpoint import resumable
+from flnorm.runner.progress import Progress
+from flnorm.runner.stopping import Stopped, stop_on_signals
+
+METHODS = {
+    **LABEL_SHIFT_METHODS,
+    "FedWon": {"norm": "ws", "strategy": "fedavg"},
+    "Local only": {"norm": "bn", "strategy": "local"},
+}
+ORDER = ["Local only", "FedAvg", "FedAvg+BN", "FedBN", "SiloBN", "FixBN", "PreciseBN", "BN pooled",
+         "FedGN", "FedLN", "FedFN", "FedWon"]
+REGIMES = {"iid": "iid", "label shift": "classes-2", "feature shift": "domains"}
+SEEDS = {"iid": [0], "classes-2": [0], "domains": [0, 1, 2]}
+KEYS = ["method", "partition", "seed"]
+
+
+def cells(methods: list[str], partitions: list[str]) -> list[tuple[str, dict]]:
+    """``(name, config changes)`` of every cell."""
+    out = []
+    for method, partition in itertools.product(methods, partitions):
+        for seed in SEEDS[partition]:
+            name = f"{method.replace(' ', '-').replace('+', '-')},partition={partition},seed={seed}"
+            out.append((name, {**METHODS[method], "partition": partition, "seed": seed}))
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run every cell not yet kept under ``--results``; keep each one's curve."""
+    base = ExperimentConfig(
+        dataset="digits", clients=args.clients, rounds=args.rounds, local_steps=10, batch_size=32, lr=0.01,
+        bias=False, precise_passes=0, eval_every=args.eval_every,
+    )
+    todo = cells(args.methods, [REGIMES[r] for r in args.regimes])
+    keep = Path(args.results)
+    keep.mkdir(parents=True, exist_ok=True)
+    progress = Progress("regimes", len(todo), done=sum(kept(keep / f"{n}.csv", args.rounds) for n, _ in todo),
+                        unit="cell")
+    try:
+        for name, changes in todo:
+            path = keep / f"{name}.csv"
+            if kept(path, args.rounds):
+                continue
+            cfg = base.replace(out=str(Path(args.out) / name), **changes)
+            if resumable(cfg.out, cfg):
+                cfg = cfg.replace(resume=True)
+            else:
+                shutil.rmtree(cfg.out, ignore_errors=True)
+            try:
+                metrics = run_experiment(cfg)
+            except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
+                progress.step(f"{name} failed: {type(exc).__name__}: {exc}")
+                continue
+            metrics.assign(cell=name, **changes).to_csv(path, index=False)
+            progress.step(f"kept {path}")
+    finally:
+        progress.close()
+
+
+def report(args: argparse.Namespace) -> None:
+    frames = [pd.read_csv(p) for p in sorted(Path(args.results).glob("*.csv"))]
+    if not frames:
+        raise SystemExit(f"no results under {args.results}: run without --report-only first")
+    data = pd.concat(frames, ignore_index=True).dropna(subset=["test_accuracy"])
+    data["method"] = [next(k for k, v in METHODS.items() if v == {"norm": r.norm, "strategy": r.strategy})
+                      for r in data.itertuples()]
+    settled = settle(data, args.window, KEYS)
+    per_method = settled.groupby(["method", "partition"])
+    table = per_method[["global_", "personal"]].mean()
+    spread = per_method[["global_", "personal"]].std(ddof=1)
+    flat = per_method["flatness"].apply(lambda f: f.abs().max())
+    seeds = per_method.size()
+
+    def show(method: str, partition: str, column: str) -> str:
+        if (method, partition) not in table.index:
+            return "-"
+        value = fmt(table.loc[(method, partition), column], flat.loc[(method, partition)])
+        sd = spread.loc[(method, partition), column]
+        return value + (f" ± {sd:.1f}" if seeds.loc[(method, partition)] > 1 else "")
+
+    w = args.window
+    print(f"\n### Digits (4 domains), {args.clients} clients: accuracy % (mean of the last {w} rounds' evaluations; "
+          "mean ± std over seeds under feature shift; * = moved > 1 point), global / personalized\n")
+    print("| method | " + " | ".join(f"{r} (`{p}`)" for r, p in REGIMES.items()) + " |")
+    print("|---" * (len(REGIMES) + 1) + "|")
+    for method in [m for m in ORDER if m in set(settled["method"])]:
+        parts = [f"{show(method, p, 'global_')} / {show(method, p, 'personal')}" for p in REGIMES.values()]
+        print(f"| {method} | " + " | ".join(parts) + " |")
+
+    domains = settled[settled["partition"] == "domains"].groupby("method")
+    if len(domains):
+        print("\n### Feature shift (`domains`): accuracy % per domain, global / personalized (mean over seeds)\n")
+        print("| method | " + " | ".join(DOMAINS) + " | mean |\n" + "|---" * (len(DOMAINS) + 2) + "|")
+        for method in [m for m in ORDER if m in domains.groups]:
+            g = domains.get_group(method)
+            cells_ = [f"{g[f'test_accuracy_{d}'].mean():.1f} / {g[f'personal_accuracy_{d}'].mean():.1f}"
+                      for d in DOMAINS]
+            print(f"| {method} | " + " | ".join(cells_) + f" | {g.global_.mean():.1f} / {g.personal.mean():.1f} |")
+    rounds = sorted(settled["rounds"].unique().tolist())
+    print(f"\n{len(settled)} cells, rounds {rounds}, {settled['seconds'].sum():.0f} s of rounds in all")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20, help="clients (a multiple of 4: the digits domains)")
+    parser.add_argument("--rounds", type=int, default=100, help="rounds per cell")
+    parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N rounds and at the last")
+    parser.add_argument("--window", type=int, default=20, help="rounds averaged for a cell's figure")
+    parser.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER)
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--out", default="runs/regimes", help="the cells' run directories")
+    parser.add_argument("--results", default="experiments/results/regimes", help="where each cell's CSV is kept")
+    parser.add_argument("--report-only", action="store_true", help="print the tables from --results; run nothing")
+    args = parser.parse_args()
+    if args.clients % len(DOMAINS):
+        parser.error(f"--clients must be a multiple of {len(DOMAINS)} (one share of a domain per client)")
+    start = time.perf_counter()
+    if not args.report_only:
+        from flnorm.runner.ray_backend import keep_ray
+
+        try:
+            with stop_on_signals(), keep_ray():
+                run(args)
+        except Stopped as stop:
+            print(f"{stop}; run again to continue (the cell cut short resumes)", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+    report(args)
+    if not args.report_only:
+        print(f"{time.perf_counter() - start:.0f} s for this invocation")
+
+
+if __name__ == "__main__":
+    main()
