@@ -523,3 +523,90 @@ def test_md5_mismatch_is_detected(published, server, data_dir, request, monkeypa
     assert f"could not load {name} " in message and "mnist5k" in message
     assert "corrupted" in message
     assert server.requests  # the file was fetched, then rejected
+
+
+# ------------------------------------------------- digits-real: MNIST, USPS (bz2 libsvm), SVHN (.mat)
+
+USPS_SVHN_TRAIN, USPS_SVHN_TEST = MNIST_TRAIN, MNIST_TEST  # equal sizes: no domain is cut
+
+
+def _usps_lines(values: np.ndarray, labels: np.ndarray) -> bytes:
+    """The libsvm text USPS ships: ``label idx:value ...`` with labels 1..10, values in [-1, 1]."""
+    lines = [f"{int(y) + 1} " + " ".join(f"{i + 1}:{v:.6f}" for i, v in enumerate(img.ravel()))
+             for img, y in zip(values, labels)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _publish_usps(www: Path, base_url: str, monkeypatch) -> dict[str, np.ndarray]:
+    """usps.bz2 / usps.t.bz2: every image one grey level (constant), but image 0 of the train
+    file dark on its left half and bright on its right; returns the decoded uint8 levels."""
+    import bz2
+
+    levels = {}
+    split_list = {}
+    for split, n in (("train", USPS_SVHN_TRAIN), ("test", USPS_SVHN_TEST)):
+        grey = ((np.arange(n) % 17) / 8 - 1)[:, None, None] * np.ones((n, 16, 16))  # exact in binary and text
+        if split == "train":
+            grey[0, :, :8], grey[0, :, 8:] = -1.0, 1.0
+        labels = (np.arange(n) * 3) % 10
+        filename = "usps.bz2" if split == "train" else "usps.t.bz2"
+        (www / filename).write_bytes(bz2.compress(_usps_lines(grey, labels)))
+        split_list[split] = [f"{base_url}/{filename}", filename, _md5(www / filename)]
+        decoded = ((grey.astype(np.float32) + 1) / 2 * 255).astype(np.uint8)  # torchvision's own rule
+        levels[split] = (decoded, labels)
+    monkeypatch.setattr(tvd.USPS, "split_list", split_list)
+    return levels
+
+
+def _publish_svhn(www: Path, base_url: str, monkeypatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """train_32x32.mat / test_32x32.mat: X as [32, 32, 3, N] uint8, y as [N, 1] with 10 for zero."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(7)
+    out, split_list = {}, {}
+    for split, n in (("train", USPS_SVHN_TRAIN), ("test", USPS_SVHN_TEST)):
+        images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)  # [N, C, H, W]
+        images[0] = _cifar_known_image()
+        digits = (np.arange(n) * 7) % 10
+        filename = f"{split}_32x32.mat"
+        savemat(www / filename, {"X": images.transpose(2, 3, 1, 0), "y": np.where(digits == 0, 10, digits)[:, None]})
+        split_list[split] = [f"{base_url}/{filename}", filename, _md5(www / filename)]
+        out[split] = (images, digits)
+    monkeypatch.setattr(tvd.SVHN, "split_list", {**tvd.SVHN.split_list, **split_list})
+    return out
+
+
+def test_digits_real_downloads_mnist_usps_and_svhn_as_three_domains(server, data_dir, monkeypatch):
+    mnist = _publish_mnist("mnist", server.root, server.base_url, monkeypatch, SEEDS["mnist"])
+    usps = _publish_usps(server.root, server.base_url, monkeypatch)
+    svhn = _publish_svhn(server.root, server.base_url, monkeypatch)
+
+    ds = load_dataset("digits-real", str(data_dir), download=True)
+
+    assert ds.domains == ("mnist", "usps", "svhn") and ds.input_shape == (3, 32, 32) and ds.num_classes == 10
+    for split, n in (("train", MNIST_TRAIN), ("test", MNIST_TEST)):
+        x, y, d = (getattr(ds, f"{split}_{k}").numpy() for k in ("x", "y", "domain"))
+        assert list(d) == [0] * n + [1] * n + [2] * n
+        # MNIST: padded by 2, grey replicated
+        want = np.pad(getattr(mnist, f"{split}_x")[:, 0], ((0, 0), (2, 2), (2, 2)))
+        assert np.array_equal(x[:n], np.repeat(want[:, None], 3, axis=1))
+        assert np.array_equal(y[:n], getattr(mnist, f"{split}_y"))
+        # USPS: decoded by torchvision, upsampled 16 -> 32 (a constant image stays constant)
+        levels, labels = usps[split]
+        first = 1 if split == "train" else 0
+        assert np.array_equal(x[n + first:2 * n], np.broadcast_to(levels[first:, :1, :1, None].transpose(0, 3, 1, 2),
+                                                                (n - first, 3, 32, 32)))
+        assert np.array_equal(y[n:2 * n], labels)
+        # SVHN: [32, 32, 3, N] -> [N, 3, 32, 32]; label 10 -> 0
+        images, digits = svhn[split]
+        assert np.array_equal(x[2 * n:], images) and np.array_equal(y[2 * n:], digits)
+    half = ds.train_x[MNIST_TRAIN, 0].numpy()  # USPS image 0: left half dark, right half bright
+    assert (half[:, :14] == 0).all() and (half[:, 18:] == 255).all()
+    assert np.array_equal(ds.train_x[2 * MNIST_TRAIN].numpy(), _cifar_known_image())
+    assert {"/usps.bz2", "/usps.t.bz2", "/train_32x32.mat", "/test_32x32.mat"} <= set(server.paths)
+    assert mnist.requested_paths <= set(server.paths)
+
+
+def test_digits_real_without_files_names_the_offline_choice(data_dir):
+    with pytest.raises(RuntimeError, match="could not load digits-real .*use --dataset digits"):
+        load_dataset("digits-real", str(data_dir), download=False)

