@@ -5,3 +5,18 @@ import os
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+import pytest  # noqa: E402 - after the environment settings above
+
+
+@pytest.fixture
+def mnist200():
+    """The first 200 mnist5k training images, their labels and the dataset's input transform."""
+    import torch
+
+    from flnorm.data import load_dataset
+    from flnorm.training import Standardize
+
+    data = load_dataset("mnist5k")
+    return data.train_x[:200], data.train_y[:200], Standardize(data.mean, data.std, torch.device("cpu"))

@@ -19,9 +19,11 @@ def test_compare_strategies_notebook_runs(tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     tables = [o for o in outputs if "text/html" in o.get("data", {})]
-    assert len(images) >= 3 and len(tables) >= 2
+    assert len(images) >= 5 and len(tables) >= 3
     grid = tmp_path / "runs" / "notebook-grid"
     results = (grid / "results.csv").read_text()
     assert results.count("finished") == 5
     assert {p.name for p in (tmp_path / "runs" / "notebook-plots").iterdir()} >= {"accuracy.png", "features.png"}
     shutil.rmtree(grid)
+    regimes = (tmp_path / "runs" / "notebook-regimes" / "results.csv").read_text()
+    assert regimes.count("finished") == 6  # 3 methods x {iid, domains}

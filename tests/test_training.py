@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from flnorm.config import ExperimentConfig
-from flnorm.data import load_dataset
 from flnorm.task import ClientTask, new_model, round_seed
-from flnorm.training import Standardize, batch_indices, train_local
+from flnorm.training import batch_indices, train_local
 
 
 def test_batch_indices_full_batches_and_epochs():
@@ -157,12 +156,10 @@ def test_bad_site_data_names_the_problem(tmp_path, arrays, match):
 
 
 @pytest.mark.parametrize("momentum, weight_decay, mu", [(0.0, 0.0, 0.0), (0.9, 5e-4, 0.0), (0.5, 0.0, 0.1)])
-def test_local_sgd_equals_torch_optim_sgd(momentum, weight_decay, mu):
+def test_local_sgd_equals_torch_optim_sgd(momentum, weight_decay, mu, mnist200):
     """train_local's functional SGD step is torch.optim.SGD's arithmetic, bit for bit."""
     cfg = ExperimentConfig(norm="bn", partition="iid", clients=2)
-    data = load_dataset(cfg.dataset)
-    x, y = data.train_x[:200], data.train_y[:200]
-    transform = Standardize(data.mean, data.std, torch.device("cpu"))
+    x, y, transform = mnist200
     ours = new_model(cfg)
     reference = copy.deepcopy(ours)
     train_local(ours, x, y, transform, steps=4, batch_size=32, lr=0.05, momentum=momentum,

@@ -113,12 +113,10 @@ def test_agc_leaves_the_classifier_alone():
     assert id(net.body[0][0].weight) in kept and id(net.body[0][0].gain) in kept
 
 
-def test_local_training_with_agc_equals_a_reference_loop():
+def test_local_training_with_agc_equals_a_reference_loop(mnist200):
     """train_local with --agc-clip is plain SGD on gradients clipped by the definition."""
     cfg = ExperimentConfig(norm="ws", partition="iid", clients=2)
-    data = load_dataset(cfg.dataset)
-    x, y = data.train_x[:200], data.train_y[:200]
-    transform = Standardize(data.mean, data.std, torch.device("cpu"))
+    x, y, transform = mnist200
     ours = new_model(cfg)
     reference = copy.deepcopy(ours)
     train_local(ours, x, y, transform, steps=3, batch_size=16, lr=0.1, agc_clip=0.02,
