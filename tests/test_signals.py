@@ -143,6 +143,47 @@ def test_grid_stopped_by_sigint_continues_the_cell_it_cut_short(tmp_path):
     assert "round 6/6: test_accuracy" in again.stderr and ", left 0:00:00" in again.stderr
 
 
+SLOW_EVALUATION = """
+import pathlib, sys, time
+from flnorm import ExperimentConfig, run_experiment
+from flnorm.runner import recorder
+from flnorm.runner.ray_backend import keep_ray
+from flnorm.runner.stopping import Stopped, stop_on_signals
+
+out = pathlib.Path(sys.argv[1])
+original = recorder.RoundRecorder.union_eval
+
+def slow(self, arrays):  # from round 2 on, the ServerApp spends 5 s between two waits for replies
+    if (out / "metrics.csv").exists():
+        (out.parent / "evaluating").touch()
+        time.sleep(5)
+    return original(self, arrays)
+
+recorder.RoundRecorder.union_eval = slow
+try:
+    with stop_on_signals(), keep_ray():  # as a grid or a reproduction script runs its cells
+        run_experiment(ExperimentConfig(clients=3, rounds=4, local_steps=2, out=str(out)))
+except Stopped as stop:
+    sys.exit(stop.exit_code)
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_server_is_between_waits_still_stops_the_process(tmp_path):
+    """The ServerApp thread, busy when the signal comes, must meet the stop at its next wait for
+    replies: it used to enter Flower's own wait (the engine changes already undone) and keep
+    the process alive for round-timeout seconds."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EVALUATION, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "evaluating").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    returncode, seconds, err = _stop(proc, signal.SIGINT)
+    assert returncode == 130, err
+    assert seconds < STOP_WITHIN, seconds
+
+
 def test_a_second_signal_exits_at_once_even_when_the_first_cannot_be_handled():
     """The main thread blocks SIGINT (the kernel hands it to another thread) and waits on a
     thread that never ends, so the first SIGINT's Python handler cannot run; the second exits

@@ -213,18 +213,22 @@ def _run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None) -> pd.Dat
             run_simulation, flnorm_client_app, make_server_app = flower_side.result()
         with warnings.catch_warnings(), flower_log(cfg.verbose), engine_changes():
             warnings.simplefilter("ignore", DeprecationWarning)
-            run_simulation(
-                server_app=make_server_app(cfg, server_running, server_ended),
-                client_app=client_app or flnorm_client_app,
-                num_supernodes=cfg.clients,
-                backend_config=backend_config(cfg),
-            )
-    except Stopped:
-        # Flower has stopped the engine; the ServerApp ends at its next wait for replies,
-        # after finishing what it was doing (a checkpoint write included).
-        if server_running.is_set():
-            server_ended.wait(SERVER_STOP_WAIT)
-        raise
+            try:
+                run_simulation(
+                    server_app=make_server_app(cfg, server_running, server_ended),
+                    client_app=client_app or flnorm_client_app,
+                    num_supernodes=cfg.clients,
+                    backend_config=backend_config(cfg),
+                )
+            except Stopped:
+                # Flower has stopped the engine; the ServerApp ends at its next wait for
+                # replies, after finishing what it was doing (a checkpoint write included).
+                # It waits here, inside the engine changes: restored any earlier, a ServerApp
+                # between two waits (evaluating, checkpointing) would enter Flower's own
+                # reply wait next, which never sees the stop, and keep the process alive.
+                if server_running.is_set():
+                    server_ended.wait(SERVER_STOP_WAIT)
+                raise
     finally:
         if started:  # (a stop inside ``import ray`` leaves the module half imported)
             from flnorm.runner import ray_backend
