@@ -43,7 +43,7 @@ from flnorm import ExperimentConfig, run_experiment
 from flnorm.data.digits import DOMAINS
 from flnorm.runner.checkpoint import resumable
 from flnorm.runner.progress import Progress
-from flnorm.runner.stopping import Stopped, stop_on_signals
+from flnorm.runner.stopping import Stopped, finish_stopped, stop_on_signals
 
 METHODS = {
     **LABEL_SHIFT_METHODS,
@@ -165,7 +165,7 @@ def main() -> None:
                 run(args)
         except Stopped as stop:
             print(f"{stop}; run again to continue (the cell cut short resumes)", file=sys.stderr)
-            raise SystemExit(stop.exit_code) from None
+            raise SystemExit(finish_stopped(stop.exit_code)) from None
     report(args)
     if not args.report_only:
         print(f"{time.perf_counter() - start:.0f} s for this invocation")

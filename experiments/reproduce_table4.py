@@ -36,7 +36,7 @@ import pandas as pd
 from flnorm import ExperimentConfig, run_experiment
 from flnorm.runner.checkpoint import resumable
 from flnorm.runner.progress import Progress
-from flnorm.runner.stopping import Stopped, stop_on_signals
+from flnorm.runner.stopping import Stopped, finish_stopped, stop_on_signals
 
 METHODS = {
     "FedAvg": {"norm": "none", "strategy": "fedavg"},
@@ -299,7 +299,7 @@ def main() -> None:
                         run(grid, args, progress)
         except Stopped as stop:
             print(f"{stop}; run again to continue (the cell cut short resumes)", file=sys.stderr)
-            raise SystemExit(stop.exit_code) from None
+            raise SystemExit(finish_stopped(stop.exit_code)) from None
         finally:
             progress.close()
     report(args)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flnorm.config import ExperimentConfig
 from flnorm.errors import ConfigError
-from flnorm.runner.stopping import Stopped, stop_on_signals
+from flnorm.runner.stopping import Stopped, finish_stopped, stop_on_signals
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
 GROUP_TITLES = {
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command(parser, args)
         except Stopped as stop:  # before the run started: nothing to resume
             print(f"flnorm {args.command}: {stop}", file=sys.stderr)
-            return stop.exit_code
+            return finish_stopped(stop.exit_code)
 
 
 def _resume_hint(cfg: ExperimentConfig) -> str:
@@ -166,7 +166,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         metrics = run_prepared(cfg)
     except Stopped as stop:
         print(f"flnorm run: {stop}; {_resume_hint(cfg)}", file=sys.stderr)
-        return stop.exit_code
+        return finish_stopped(stop.exit_code)
     except ConfigError as exc:  # found on joining a Ray cluster: nothing was written
         parser.exit(2, f"flnorm run: error: {exc}\n")
     except Exception as exc:  # noqa: BLE001 - report any failure and exit non-zero

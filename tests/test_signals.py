@@ -207,3 +207,17 @@ def test_a_second_signal_exits_at_once_even_when_the_first_cannot_be_handled():
     assert proc.wait(10) == 130
     assert time.monotonic() - sent < 5
     assert "second SIGINT: exiting without cleanup" in proc.stderr.read()
+
+
+def test_a_stopped_command_exits_even_when_a_thread_would_keep_it_alive():
+    """``finish_stopped``: a non-daemon thread stuck in a wait is named, and the process exits at once."""
+    code = ("import threading, time\nfrom flnorm.runner.stopping import finish_stopped\n"
+            "threading.Thread(target=time.sleep, args=(600,), name='stuck-serverapp').start()\n"
+            "raise SystemExit(finish_stopped(143))\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and time.monotonic() - start < 30
+    assert "threads still running after the stop (stuck-serverapp)" in proc.stderr
+    quiet = subprocess.run([sys.executable, "-c", "from flnorm.runner.stopping import finish_stopped\n"
+                            "raise SystemExit(finish_stopped(130))"], capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 130 and quiet.stderr == ""

@@ -107,6 +107,26 @@ def _watch(read_fd: int) -> None:
     os.close(read_fd)
 
 
+def finish_stopped(code: int) -> int:
+    """The exit code of a stopped command, after making sure nothing keeps the process alive.
+
+    Python waits at exit for every non-daemon thread. A ServerApp thread (Flower starts it
+    non-daemon) that is still in a wait which never sees the stop would keep the stopped
+    process alive for ``round-timeout`` seconds; by now the run directory is consistent
+    (the simulation gave the ServerApp ``SERVER_STOP_WAIT`` seconds), so such threads are
+    named on stderr and the process exits at once.
+    """
+    lingering = [t.name for t in threading.enumerate()
+                 if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if lingering:
+        sys.stderr.write(f"flnorm: threads still running after the stop ({', '.join(lingering)}): "
+                         "exiting without waiting for them\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Inside, SIGINT and SIGTERM stop the running engines and raise ``Stopped`` in the main thread.
