@@ -20,7 +20,7 @@ from typing import Any
 
 from flnorm.agc import FEDWON_AGC_CLIP
 from flnorm.data.datasets import DATASET_DOMAINS, DATASETS, check_dataset_name
-from flnorm.data.partition import PARTITION_FORMS, PartitionSpec
+from flnorm.data.partition import PARTITION_FORMS, PartitionSpec, check_domains
 from flnorm.errors import ConfigError, unknown_choice
 from flnorm.models.registry import MODELS
 from flnorm.norms import NORM_CHOICES, POSITIONS, NormSpec
@@ -124,14 +124,8 @@ class ExperimentConfig:
         if self.bn_eval == "precise" and self.strategy != "precisebn":
             raise ConfigError("bn-eval precise needs --strategy precisebn (it computes those statistics)")
         self.norm_spec  # noqa: B018 - parses and validates
-        if self.partition_spec.domains:
-            domains = DATASET_DOMAINS.get(self.dataset, ())
-            if not domains:
-                raise ConfigError(f"partition {self.partition} needs a multi-domain dataset: "
-                                  f"{_choices(DATASET_DOMAINS)} (dataset {self.dataset!r} has one domain)")
-            if self.clients < len(domains):
-                raise ConfigError(f"partition {self.partition}: {self.clients} clients cannot cover "
-                                  f"{self.dataset}'s {len(domains)} domains; use clients >= {len(domains)}")
+        check_domains(self.partition_spec, len(DATASET_DOMAINS.get(self.dataset, ())) or 1, self.clients,
+                      dataset=f"dataset {self.dataset!r}", multi_domain=_choices(DATASET_DOMAINS))
         positive = {
             "clients": self.clients, "rounds": self.rounds, "local_steps": self.local_steps,
             "batch_size": self.batch_size, "num_cpus": self.num_cpus, "eval_every": self.eval_every,

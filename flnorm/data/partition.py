@@ -188,12 +188,9 @@ def make_partition(
     if not spec.domains:
         train = split_train(train_labels, spec, num_clients, seed)
         return Partition(tuple(train), tuple(split_like(train, train_labels, test_labels, seed)))
-    if train_domains is None or test_domains is None:
-        raise ConfigError(f"partition {spec.name} needs a multi-domain dataset (e.g. --dataset digits)")
-    num_domains = int(train_domains.max()) + 1
-    if num_clients < num_domains:
-        raise ConfigError(f"partition {spec.name}: {num_clients} clients cannot cover the dataset's "
-                          f"{num_domains} domains; use at least {num_domains} clients")
+    num_domains = 1 if train_domains is None or test_domains is None else int(train_domains.max()) + 1
+    check_domains(spec, num_domains, num_clients)
+    assert train_domains is not None and test_domains is not None
     train: list[np.ndarray] = [np.empty(0, np.int64)] * num_clients
     test: list[np.ndarray] = [np.empty(0, np.int64)] * num_clients
     owner = client_domains(num_clients, num_domains)
@@ -205,6 +202,34 @@ def make_partition(
         for client, part, part_test in zip(members, local, local_test, strict=True):
             train[client], test[client] = tr[part], te[part_test]
     return Partition(tuple(train), tuple(test))
+
+
+def check_domains(
+    spec: PartitionSpec, num_domains: int, num_clients: int,
+    dataset: str = "the dataset", multi_domain: str = "e.g. digits",
+) -> None:
+    """Refuse a ``domains`` partition its data cannot serve (other partitions pass).
+
+    Parameters
+    ----------
+    spec, num_domains, num_clients
+        The partition, the dataset's number of domains and the number of clients.
+    dataset, multi_domain
+        Names for the message: the dataset, and the multi-domain datasets to choose from.
+
+    Raises
+    ------
+    ConfigError
+        On a single-domain dataset, or fewer clients than domains (a domain would have no client).
+    """
+    if not spec.domains:
+        return
+    if num_domains < 2:
+        raise ConfigError(f"partition {spec.name} needs a multi-domain dataset: {multi_domain} "
+                          f"({dataset} has one domain)")
+    if num_clients < num_domains:
+        raise ConfigError(f"partition {spec.name}: {num_clients} clients cannot cover the {num_domains} domains "
+                          f"of {dataset}; use clients >= {num_domains}")
 
 
 def client_domains(num_clients: int, num_domains: int) -> list[int]:
