@@ -110,10 +110,14 @@ def _mnist5k(data_dir: Path, download: bool) -> ImageDataset:
     )
 
 
+def _multi_domain(name: str, a: dict[str, np.ndarray], domains: tuple[str, ...]) -> ImageDataset:
+    """A ten-class dataset from ``{train,test}_{x,y,domain}`` arrays (see ``digits.stack_domains``)."""
+    return _from_arrays(name, a["train_x"], a["train_y"], a["test_x"], a["test_y"], 10,
+                        domains, a["train_domain"], a["test_domain"])
+
+
 def _digits(data_dir: Path, download: bool) -> ImageDataset:
-    a = load_digits_arrays(data_dir)
-    return _from_arrays("digits", a["train_x"], a["train_y"], a["test_x"], a["test_y"], 10,
-                        DIGIT_DOMAINS, a["train_domain"], a["test_domain"])
+    return _multi_domain("digits", load_digits_arrays(data_dir), DIGIT_DOMAINS)
 
 
 def _digits_real(data_dir: Path, download: bool) -> ImageDataset:
@@ -126,8 +130,7 @@ def _digits_real(data_dir: Path, download: bool) -> ImageDataset:
             f"could not load digits-real (MNIST, USPS, SVHN) from {data_dir} (download={download}): {exc}. "
             "Without network, place the dataset files there or use --dataset digits (embedded)."
         ) from exc
-    return _from_arrays("digits-real", a["train_x"], a["train_y"], a["test_x"], a["test_y"], 10,
-                        REAL_DIGIT_DOMAINS, a["train_domain"], a["test_domain"])
+    return _multi_domain("digits-real", a, REAL_DIGIT_DOMAINS)
 
 
 def _torchvision(name: str, cls_name: str, num_classes: int) -> Callable[[Path, bool], ImageDataset]:

@@ -67,25 +67,49 @@ def _pad28(images: np.ndarray) -> np.ndarray:
     return np.pad(images, ((0, 0), (2, 2), (2, 2)))
 
 
-def _grey_to_rgb(images: np.ndarray) -> np.ndarray:
-    return np.repeat(images[:, None], 3, axis=1)
+def to_rgb32(images: np.ndarray) -> np.ndarray:
+    """Images in the shape every digits domain shares: ``[N, 3, 32, 32]`` uint8.
+
+    Colour ``[N, 3, 32, 32]`` images pass unchanged. Grey ``[N, H, W]`` ones (values 0..255)
+    are replicated over the channels: 28x28 (MNIST) padded by 2 black pixels, any other size
+    (optdigits' 8x8, USPS's 16x16) resized bilinearly and rounded.
+    """
+    if images.ndim == 4:
+        return images
+    if images.shape[1:] == (28, 28):
+        grey = _pad28(images)
+    else:
+        import torch
+        import torch.nn.functional as F
+
+        small = torch.from_numpy(images.astype(np.float32))[:, None]
+        big = F.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        grey = big[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+    return np.repeat(grey[:, None], 3, axis=1)
+
+
+def stack_domains(domains: list[dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Per-domain ``{"train": (x, y), "test": (x, y)}``, in domain order, as one dataset's
+    ``{train,test}_{x,y,domain}`` arrays (``*_domain``: each image's domain index)."""
+    out: dict[str, np.ndarray] = {}
+    for split in ("train", "test"):
+        out[f"{split}_x"] = np.concatenate([parts[split][0] for parts in domains])
+        out[f"{split}_y"] = np.concatenate([np.asarray(parts[split][1], dtype=np.int64) for parts in domains])
+        out[f"{split}_domain"] = np.concatenate(
+            [np.full(len(parts[split][1]), d, dtype=np.int64) for d, parts in enumerate(domains)])
+    return out
 
 
 def mnist_domain() -> tuple[np.ndarray, np.ndarray]:
     (x, y), _ = _mnist_halves()
-    return _grey_to_rgb(_pad28(x)), y
+    return to_rgb32(x), y
 
 
 def optdigits_domain() -> tuple[np.ndarray, np.ndarray]:
-    import torch
-    import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    small = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0))[:, None]
-    big = F.interpolate(small, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-    grey = big[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-    return _grey_to_rgb(grey), bunch.target.astype(np.int64)
+    return to_rgb32(bunch.images.astype(np.float32) * (255.0 / 16.0)), bunch.target.astype(np.int64)
 
 
 def mnistm_domain() -> tuple[np.ndarray, np.ndarray]:
@@ -170,17 +194,13 @@ def _stratified_test(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 def build_digits() -> dict[str, np.ndarray]:
     """Every domain's images and labels, split: ``{train,test}_{x,y,domain}``."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("train_x", "train_y", "train_domain",
-                                                          "test_x", "test_y", "test_domain")}
     rng = np.random.default_rng(DIGITS_SEED + 3)
-    for d, name in enumerate(DOMAINS):
+    domains = []
+    for name in DOMAINS:
         x, y = RECIPES[name]()
         test = _stratified_test(y, rng)
-        for split, mask in (("train", ~test), ("test", test)):
-            parts[f"{split}_x"].append(x[mask])
-            parts[f"{split}_y"].append(y[mask])
-            parts[f"{split}_domain"].append(np.full(int(mask.sum()), d, dtype=np.int64))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        domains.append({"train": (x[~test], y[~test]), "test": (x[test], y[test])})
+    return stack_domains(domains)
 
 
 def load_digits_arrays(data_dir: Path) -> dict[str, np.ndarray]:

@@ -14,24 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flnorm.data.digits import stack_domains, to_rgb32
+
 DOMAINS: tuple[str, ...] = ("mnist", "usps", "svhn")
 SUBSET_SEED = 20240102
-
-
-def _rgb32(images: np.ndarray) -> np.ndarray:
-    """[N, H, W] grey (28x28 padded, 16x16 upsampled) or [N, 3, 32, 32] -> [N, 3, 32, 32] uint8."""
-    import torch
-    import torch.nn.functional as F
-
-    if images.ndim == 4:
-        return images
-    if images.shape[1:] == (28, 28):
-        grey = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-    else:
-        big = F.interpolate(torch.from_numpy(images.astype(np.float32))[:, None], size=(32, 32), mode="bilinear",
-                            align_corners=False)
-        grey = big[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-    return np.repeat(grey[:, None], 3, axis=1)
 
 
 def _split(name: str, data_dir: Path, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -52,13 +38,11 @@ def load_digits_real(data_dir: Path, download: bool) -> dict[str, np.ndarray]:
     """Every domain, cut to the smallest domain's size: ``{train,test}_{x,y,domain}``."""
     splits = {(name, train): _split(name, data_dir, download, train) for name in DOMAINS for train in (True, False)}
     rng = np.random.default_rng(SUBSET_SEED)
-    out: dict[str, list[np.ndarray]] = {}
-    for train, prefix in ((True, "train"), (False, "test")):
+    cut: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
+    for train in (True, False):
         size = min(len(splits[name, train][1]) for name in DOMAINS)
-        for d, name in enumerate(DOMAINS):
+        for name in DOMAINS:
             x, y = splits[name, train]
             pick = np.sort(rng.permutation(len(y))[:size])
-            out.setdefault(f"{prefix}_x", []).append(_rgb32(np.asarray(x)[pick]))
-            out.setdefault(f"{prefix}_y", []).append(np.asarray(y, dtype=np.int64)[pick])
-            out.setdefault(f"{prefix}_domain", []).append(np.full(size, d, dtype=np.int64))
-    return {k: np.concatenate(v) for k, v in out.items()}
+            cut[name, train] = to_rgb32(np.asarray(x)[pick]), np.asarray(y)[pick]
+    return stack_domains([{"train": cut[name, True], "test": cut[name, False]} for name in DOMAINS])
