@@ -30,20 +30,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 from reproduce_table4 import METHODS as LABEL_SHIFT_METHODS
-from reproduce_table4 import fmt, kept, settle
+from reproduce_table4 import fmt, kept, run_cell, run_stoppable, settle
 
-from flnorm import ExperimentConfig, run_experiment
+from flnorm import ExperimentConfig
 from flnorm.data.digits import DOMAINS
-from flnorm.runner.checkpoint import resumable
 from flnorm.runner.progress import Progress
-from flnorm.runner.stopping import Stopped, finish_stopped, stop_on_signals
 
 METHODS = {
     **LABEL_SHIFT_METHODS,
@@ -81,20 +77,9 @@ def run(args: argparse.Namespace) -> None:
     try:
         for name, changes in todo:
             path = keep / f"{name}.csv"
-            if kept(path, args.rounds):
-                continue
-            cfg = base.replace(out=str(Path(args.out) / name), **changes)
-            if resumable(cfg.out, cfg):
-                cfg = cfg.replace(resume=True)
-            else:
-                shutil.rmtree(cfg.out, ignore_errors=True)
-            try:
-                metrics = run_experiment(cfg)
-            except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
-                progress.step(f"{name} failed: {type(exc).__name__}: {exc}")
-                continue
-            metrics.assign(cell=name, **changes).to_csv(path, index=False)
-            progress.step(f"kept {path}")
+            if not kept(path, args.rounds):
+                run_cell(base.replace(out=str(Path(args.out) / name), **changes), path, progress, name,
+                         cell=name, **changes)
     finally:
         progress.close()
 
@@ -158,14 +143,7 @@ def main() -> None:
         parser.error(f"--clients must be a multiple of {len(DOMAINS)} (one share of a domain per client)")
     start = time.perf_counter()
     if not args.report_only:
-        from flnorm.runner.ray_backend import keep_ray
-
-        try:
-            with stop_on_signals(), keep_ray():
-                run(args)
-        except Stopped as stop:
-            print(f"{stop}; run again to continue (the cell cut short resumes)", file=sys.stderr)
-            raise SystemExit(finish_stopped(stop.exit_code)) from None
+        run_stoppable(lambda: run(args))
     report(args)
     if not args.report_only:
         print(f"{time.perf_counter() - start:.0f} s for this invocation")

@@ -27,6 +27,7 @@ import itertools
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,21 +131,51 @@ def run(grid: Grid, args: argparse.Namespace, progress: Progress) -> None:
     keep.mkdir(parents=True, exist_ok=True)
     for name, changes in cells_of(grid):
         path = keep / f"{name}.csv"
-        if kept(path, rounds):
-            continue
-        cfg = base.replace(out=str(Path(args.out) / grid.name / name), **changes)
-        if resumable(cfg.out, cfg):
-            cfg = cfg.replace(resume=True)
-        else:
-            shutil.rmtree(cfg.out, ignore_errors=True)  # nothing that can continue
-        try:
-            metrics = run_experiment(cfg)
-        except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
-            progress.step(f"{grid.name}/{name} failed: {type(exc).__name__}: {exc}")
-            continue
-        full = {**DEFAULTS, **changes}
-        metrics.assign(cell=name, **full).to_csv(path, index=False)
-        progress.step(f"kept {path}")
+        if not kept(path, rounds):
+            cfg = base.replace(out=str(Path(args.out) / grid.name / name), **changes)
+            run_cell(cfg, path, progress, f"{grid.name}/{name}", cell=name, **{**DEFAULTS, **changes})
+
+
+def run_grids(args: argparse.Namespace, progress: Progress) -> None:
+    for grid in GRIDS:
+        if grid.name in args.grids:
+            run(grid, args, progress)
+
+
+def run_cell(cfg: ExperimentConfig, path: Path, progress: Progress, label: str, **columns: Any) -> None:
+    """Run one cell and keep its per-round metrics, plus ``columns``, as the CSV ``path``.
+
+    A run directory left by an interrupted attempt (Ctrl-C, SIGTERM) continues from its
+    checkpoint; anything else there is removed. A failed cell is reported under ``label``
+    and does not stop the others.
+    """
+    if resumable(cfg.out, cfg):
+        cfg = cfg.replace(resume=True)
+    else:
+        shutil.rmtree(cfg.out, ignore_errors=True)  # nothing that can continue
+    try:
+        metrics = run_experiment(cfg)
+    except Exception as exc:  # noqa: BLE001 - a failed cell must not stop the others
+        progress.step(f"{label} failed: {type(exc).__name__}: {exc}")
+        return
+    metrics.assign(**columns).to_csv(path, index=False)
+    progress.step(f"kept {path}")
+
+
+def run_stoppable(work: Callable[[], None]) -> None:
+    """``work()`` with one Ray instance for every cell, stopped cleanly by Ctrl-C or SIGTERM.
+
+    A stop exits with the signal's code (130, 143) after saying how to continue: the next
+    invocation skips kept cells and resumes the one cut short.
+    """
+    from flnorm.runner.ray_backend import keep_ray
+
+    try:
+        with stop_on_signals(), keep_ray():
+            work()
+    except Stopped as stop:
+        print(f"{stop}; run again to continue (the cell cut short resumes)", file=sys.stderr)
+        raise SystemExit(finish_stopped(stop.exit_code)) from None
 
 
 def cell_counts(args: argparse.Namespace) -> tuple[int, int]:
@@ -288,18 +319,10 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     if not args.report_only:
-        from flnorm.runner.ray_backend import keep_ray
-
         total, done = cell_counts(args)
         progress = Progress("table4", total, done=done, unit="cell")
         try:
-            with stop_on_signals(), keep_ray():  # one Ray instance for every cell
-                for grid in GRIDS:
-                    if grid.name in args.grids:
-                        run(grid, args, progress)
-        except Stopped as stop:
-            print(f"{stop}; run again to continue (the cell cut short resumes)", file=sys.stderr)
-            raise SystemExit(finish_stopped(stop.exit_code)) from None
+            run_stoppable(lambda: run_grids(args, progress))
         finally:
             progress.close()
     report(args)
