@@ -5,9 +5,13 @@ Starts an insecure ``flower-superlink`` and ``--nodes`` ``flower-supernode`` pro
 model for ``--rounds`` rounds, stops every process by PID, and prints per steady round
 (mean of rounds 2..R): its wall time, the clients' own compute (``fit_seconds`` and
 ``eval_seconds`` of ``clients.csv``, the slowest client of each phase), and the rest:
-Flower starting a ``flwr-clientapp`` process per message (Python, torch and flnorm
-imports, the app loaded from the FAB), the SuperNodes' 3 s idle poll, and message
-transfer.
+a ``flwr-clientapp`` process per message (started by the SuperNode's SuperExec; the app
+loaded from the FAB), the SuperNodes' 3 s idle poll, and message transfer.
+
+``--supernodes`` picks the SuperNodes' runtime: ``cold`` is Flower's (a fresh Python
+importing torch and Flower per message, a 3 s idle poll), ``warm`` is what ``flnorm deploy
+supernode`` runs (ClientApps forked from a process that imported them, a 0.2 s idle poll;
+``flnorm.deploy_engine``), ``both`` (default) one deployment after the other, with the ratio.
 
     .venv/bin/python experiments/benchmark_deploy.py --nodes 3 --rounds 4
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flnorm import ExperimentConfig, deploy
+from flnorm import ExperimentConfig, deploy, deploy_engine
 from flower_app import ROOT, copy_app, free_port, run_config
 
 def wait_healthy(port: int, timeout: float = 120) -> None:
@@ -57,7 +61,7 @@ def import_seconds() -> float:
     return time.perf_counter() - start
 
 
-def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path) -> pd.DataFrame:
+def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path, warm: bool) -> pd.DataFrame:
     """Run the deployment; return its ``metrics.csv`` with the clients' slowest times merged."""
     app = copy_app(tmp / "app")
     link_port = free_port()
@@ -66,8 +70,8 @@ def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path) -> p
 
     t0 = time.monotonic()
 
-    def start(cmd: list[str], home: str, name: str) -> None:
-        proc = subprocess.Popen(cmd, env=deploy.flower_env(tmp / home), stdout=subprocess.PIPE,
+    def start(cmd: list[str], home: str, name: str, runtime: Path | None = None) -> None:
+        proc = subprocess.Popen(cmd, env=deploy.flower_env(tmp / home, runtime_bin=runtime), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, cwd=tmp, text=True)
         started.append(proc)
         threading.Thread(target=stamp_lines, args=(proc, tmp / f"{name}.log", t0), daemon=True).start()
@@ -76,7 +80,9 @@ def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path) -> p
         start(deploy.superlink_command(link_port, "127.0.0.1"), "link", "superlink")
         wait_healthy(link_port)
         for k in range(nodes):
-            start(deploy.supernode_command(address, free_port(), deploy.node_config(k, nodes)), f"node{k}", f"node{k}")
+            runtime = deploy_engine.runtime_bin(tmp / f"node{k}") if warm else None
+            start(deploy.supernode_command(address, free_port(), deploy.node_config(k, nodes), runtime_bin=runtime),
+                  f"node{k}", f"node{k}", runtime)
         deploy.write_connection(tmp / "cli", "local", address)
         env = deploy.flower_env(tmp / "cli")
         out = tmp / "run"
@@ -108,24 +114,38 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--local-steps", type=int, default=10)
-    parser.add_argument("--keep", help="a new directory to keep the processes' logs and the run in")
+    parser.add_argument("--supernodes", choices=("cold", "warm", "both"), default="both",
+                        help="how SuperNodes start ClientApp processes (see above)")
+    parser.add_argument("--keep", help="a new directory to keep the processes' logs and the runs in")
     args = parser.parse_args()
     if args.keep:
         Path(args.keep).mkdir(parents=True)
+    modes = ["cold", "warm"] if args.supernodes == "both" else [args.supernodes]
+    runs: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = deployment_rounds(args.nodes, args.rounds, args.local_steps, Path(args.keep or tmp))
+        for mode in modes:
+            runs[mode] = deployment_rounds(args.nodes, args.rounds, args.local_steps,
+                                           Path(args.keep or tmp) / mode, warm=mode == "warm")
     imports = statistics.median(import_seconds() for _ in range(3))
-    steady = metrics[metrics["round"] >= 2]
-    wall = steady["seconds"].mean()
-    compute = (steady["fit_seconds"] + steady["eval_seconds"]).mean()
+    rows: dict[str, list[float]] = {"steady s/round": [], "  clients compute (slowest, train + eval)": [],
+                                    "  the rest (processes, polls, transfer)": [], "round 1 s": []}
+    for metrics in runs.values():
+        steady = metrics[metrics["round"] >= 2]
+        wall = steady["seconds"].mean()
+        compute = (steady["fit_seconds"] + steady["eval_seconds"]).mean()
+        for label, value in zip(rows, (wall, compute, wall - compute, metrics["seconds"].iloc[0]), strict=True):
+            rows[label].append(value)
     print(f"\n{args.nodes} SuperNodes on loopback, {args.rounds} rounds, {args.local_steps} local steps, "
           "paper CNN (none), 2 messages (train, evaluate) per node and round")
-    print(f"{'steady s/round':44}{wall:8.2f}")
-    print(f"{'  clients compute (slowest, train + eval)':44}{compute:8.2f}")
-    print(f"{'  the rest (processes, polls, transfer)':44}{wall - compute:8.2f}")
+    print(f"{'SuperNodes':44}" + "".join(f"{mode:>8}" for mode in modes))
+    for label, values in rows.items():
+        print(f"{label:44}" + "".join(f"{v:8.2f}" for v in values))
+    if len(modes) == 2:
+        print(f"{'steady round, warm / cold':44}{rows['steady s/round'][1] / rows['steady s/round'][0]:8.2f}")
     print(f"{'import clients.client_app, fresh Python':44}{imports:8.2f}")
-    print(f"{'round 1 s':44}{metrics['seconds'].iloc[0]:8.2f}")
-    print(metrics[["round", "seconds", "fit_seconds", "eval_seconds", "clients_trained"]].to_string(index=False))
+    for mode, metrics in runs.items():
+        print(f"\n{mode}:")
+        print(metrics[["round", "seconds", "fit_seconds", "eval_seconds", "clients_trained"]].to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,26 @@
 """flnorm: federated learning simulations on Flower for normalization under non-IID data.
 
 The numerical core (norms, models, data, aggregation math, local training) imports no
-Flower; ``run_experiment`` (Flower simulation) is imported lazily.
+Flower. The package's names are imported when first used, so ``import flnorm.<module>``
+costs only that module (the deployment's SuperExec imports no torch).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flnorm.config import ExperimentConfig
+if TYPE_CHECKING:
+    from flnorm.config import ExperimentConfig
 
 __version__ = "0.1.0"
 __all__ = ["ExperimentConfig", "load_metrics", "plot_runs", "run_experiment", "run_grid"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ExperimentConfig":
+        from flnorm.config import ExperimentConfig
+
+        return ExperimentConfig
     if name in ("run_experiment", "load_metrics"):
         from flnorm.runner import simulation
 

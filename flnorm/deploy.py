@@ -142,15 +142,23 @@ def _bin(tool: str) -> str:
     return str(candidate) if candidate.exists() else tool
 
 
-def flower_env(flwr_home: str | Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def flower_env(flwr_home: str | Path, base: Mapping[str, str] | None = None,
+               runtime_bin: Path | None = None) -> dict[str, str]:
     """Environment for a Flower process: its own ``FLWR_HOME``, offline, the venv on ``PATH``,
-    SuperExec's task poll at 0.1 s unless set."""
+    SuperExec's task poll at 0.1 s unless set.
+
+    ``runtime_bin`` (``flnorm.deploy_engine.runtime_bin``), for a SuperNode, goes first on
+    ``PATH``: the SuperExec it launches by name is then flnorm's.
+    """
     env = dict(os.environ if base is None else base)
     env.update(OFFLINE_ENV)
     for key, value in TASK_POLL_ENV.items():
         env.setdefault(key, value)
     env["FLWR_HOME"] = str(Path(flwr_home).resolve())
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    path = [str(Path(sys.executable).parent), env.get("PATH", "")]
+    if runtime_bin is not None:
+        path.insert(0, str(runtime_bin))
+    env["PATH"] = os.pathsep.join(path)
     return env
 
 
@@ -180,9 +188,14 @@ def node_config(partition_id: int, num_partitions: int, data_path: str | None = 
 
 
 def supernode_command(superlink: str, port: int, config: str, root_certificates: str | Path | None = None,
-                      private_key: str | Path | None = None) -> list[str]:
-    """``flower-supernode`` connecting to ``superlink`` (``host:port``); ``port`` is its own API."""
-    cmd = [_bin("flower-supernode"), "--superlink", superlink, "--port", str(port), "--node-config", config]
+                      private_key: str | Path | None = None, runtime_bin: Path | None = None) -> list[str]:
+    """``flower-supernode`` connecting to ``superlink`` (``host:port``); ``port`` is its own API.
+
+    With ``runtime_bin`` (``flnorm.deploy_engine.runtime_bin``) it is flnorm's: warm ClientApp
+    processes and a short idle poll; run it with ``flower_env(..., runtime_bin=runtime_bin)``.
+    """
+    program = str(runtime_bin / "flower-supernode") if runtime_bin is not None else _bin("flower-supernode")
+    cmd = [program, "--superlink", superlink, "--port", str(port), "--node-config", config]
     if root_certificates is None:
         if private_key is not None:
             raise ValueError("an authenticated SuperNode needs TLS: give root_certificates")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from flnorm import deploy
+from flnorm import deploy, deploy_engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
@@ -46,6 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     node.add_argument("--root-certificates", help="ca.crt of a TLS SuperLink; omit for insecure")
     node.add_argument("--key", help="private key of a registered node (SuperLink with --auth)")
     node.add_argument("--flwr-home", default=None, help="FLWR_HOME (default: inherited)")
+    node.add_argument("--poll", type=float, default=deploy_engine.DEFAULT_POLL,
+                      help=f"s between requests for a message when idle (default: {deploy_engine.DEFAULT_POLL}; "
+                           "Flower's: 3)")
+    node.add_argument("--cold", action="store_true",
+                      help="Flower's SuperNode unchanged: a fresh Python per message, a 3 s idle poll (default: "
+                           "ClientApps forked from a process with torch and Flower imported, see flnorm.deploy_engine)")
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -61,18 +67,27 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(deploy.write_connection(args.flwr_home, args.name, args.address, args.root_certificates))
         elif args.action == "superlink":
             tls = deploy.TLSFiles.in_dir(args.certs) if args.certs else None
-            _exec(deploy.superlink_command(args.port, args.host, tls, args.auth), args.flwr_home)
+            _exec(deploy.superlink_command(args.port, args.host, tls, args.auth),
+                  deploy.flower_env(_flwr_home(args.flwr_home)))
         elif args.action == "supernode":
             config = deploy.node_config(args.partition_id, args.num_partitions, args.data_path)
-            _exec(deploy.supernode_command(args.superlink, args.port, config, args.root_certificates, args.key),
-                  args.flwr_home)
+            if not 0 < args.poll <= 60:
+                raise ValueError(f"--poll {args.poll}: give seconds in (0, 60]")
+            home = _flwr_home(args.flwr_home)
+            runtime = None if args.cold else deploy_engine.runtime_bin(home)
+            env = deploy.flower_env(home, runtime_bin=runtime) | {deploy_engine.POLL_ENV: str(args.poll)}
+            _exec(deploy.supernode_command(args.superlink, args.port, config, args.root_certificates, args.key,
+                                           runtime_bin=runtime), env)
     except (ValueError, FileNotFoundError) as exc:
         parser.exit(2, f"flnorm deploy {args.action}: error: {exc}\n")
     return 0
 
 
-def _exec(cmd: list[str], flwr_home: str | None) -> None:
+def _flwr_home(given: str | None) -> str:
+    return given or os.environ.get("FLWR_HOME", os.path.expanduser("~/.flwr"))
+
+
+def _exec(cmd: list[str], env: dict[str, str]) -> None:
     """Replace this process with ``cmd`` (same PID: stop it by that PID)."""
-    env = deploy.flower_env(flwr_home or os.environ.get("FLWR_HOME", os.path.expanduser("~/.flwr")))
     print(" ".join(cmd), file=sys.stderr, flush=True)
     os.execvpe(cmd[0], cmd, env)

@@ -65,7 +65,7 @@ def test_startup_timeline_marks_every_phase_in_order():
 
 
 def test_deploy_benchmark_runs_superlink_and_supernodes_and_splits_the_round():
-    out = _run("benchmark_deploy.py", "--nodes", "2", "--rounds", "2", "--local-steps", "2")
+    out = _run("benchmark_deploy.py", "--nodes", "2", "--rounds", "2", "--local-steps", "2", "--supernodes", "warm")
     (wall,) = _figure(out, "steady s/round")
     (compute,) = _figure(out, "  clients compute")
     (rest,) = _figure(out, "  the rest")

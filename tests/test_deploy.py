@@ -82,10 +82,11 @@ def test_tls_authenticated_deployment_survives_a_killed_node(tmp_path):
             reg = subprocess.run(deploy.register_command(keys[f"node{k}"][1], "secure"), env=cli_env,
                                  capture_output=True, text=True, timeout=60)
             assert reg.returncode == 0 and json.loads(reg.stdout)["success"], reg.stdout + reg.stderr
-        nodes = [
+        nodes = [  # node0 starts ClientApps as Flower does, the others warm (flnorm's default)
             start(["supernode", "--superlink", address, "--port", str(free_port()), "--partition-id", str(k),
                    "--num-partitions", "3", "--root-certificates", str(pki.ca_cert),
-                   "--key", str(keys[f"node{k}"][0]), "--flwr-home", str(tmp_path / f"node{k}")], f"node{k}")
+                   "--key", str(keys[f"node{k}"][0]), "--flwr-home", str(tmp_path / f"node{k}"),
+                   *(["--cold"] if k == 0 else [])], f"node{k}")
             for k in range(3)
         ]
 
@@ -98,7 +99,7 @@ def test_tls_authenticated_deployment_survives_a_killed_node(tmp_path):
         assert "[code: 2004] Failed to activate SuperNode" in refusal
 
         out = tmp_path / "run"
-        run_config = (f"clients=3 rounds=4 local-steps=3 norm='bn' strategy='fedavg-pooled' min-replies=1 "
+        run_config = (f"clients=3 rounds=3 local-steps=3 norm='bn' strategy='fedavg-pooled' min-replies=1 "
                       f"data-dir='{ROOT / 'data'}' out='{out}'")
         submitted = flwr("run", ".", "secure", "--run-config", run_config, "--format", "json")
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -117,10 +118,17 @@ def test_tls_authenticated_deployment_survives_a_killed_node(tmp_path):
         assert status["status"] == "finished:completed", status
         metrics = pd.read_csv(metrics_file)
         print(metrics[["round", "clients_trained", "failures", "seconds", "test_accuracy"]].to_string())
-        assert metrics["round"].tolist() == [1, 2, 3, 4]  # every round ran
+        assert metrics["round"].tolist() == [1, 2, 3]  # every round ran
         assert metrics["clients_trained"].iloc[0] == 3 and metrics["clients_trained"].iloc[-1] == 2
         assert metrics["failures"].sum() >= 1  # the killed node's unanswered message, reported by the SuperLink
         assert (out / "model.pt").exists() and (out / "checkpoint.pt").exists()
+        # a cold node runs flwr-clientapp per message; a warm one forks Flower's run_clientapp instead
+        logs = [(tmp_path / f"node{k}.log").read_text() for k in range(3)]
+        assert "Start `flwr-clientapp` process" in logs[0] and "flnorm Super" not in logs[0]
+        for log in logs[1:]:
+            assert "flnorm SuperExec: ClientApp processes forked" in log
+            assert "flnorm SuperNode: asks for a message every 0.20 s when idle" in log
+            assert "Start `flwr-clientapp` process" not in log and log.count("Sending: train message") >= 1
     finally:
         stop_tree([p.pid for p in started])
         for p in started:
