@@ -33,7 +33,8 @@ def test_overhead_benchmark_prints_ratio_and_both_startups():
     assert in_process > 0 and command > 0
     assert "messages queued per Ray actor: 2" in out
     overhead = float(next(ln for ln in out.splitlines() if ln.startswith("overhead ms/round")).split()[-1])
-    assert overhead == pytest.approx(1000 * (fl - plain), abs=1)
+    # the overhead is rounded to 1 ms from the unrounded times; fl and plain are printed to 0.5 ms each
+    assert overhead == pytest.approx(1000 * (fl - plain), abs=1.5)
     flwr_run, plain_again, flwr_ratio = _figure(out, "flwr run . s/round")
     assert flwr_run > 0 and plain_again == plain and flwr_ratio == pytest.approx(flwr_run / plain, abs=0.01)
     phases = {ln[9:53].strip(): float(ln[53:]) for ln in out.splitlines() if ln.startswith("  flnorm ")}
