@@ -71,8 +71,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                   deploy.flower_env(_flwr_home(args.flwr_home)))
         elif args.action == "supernode":
             config = deploy.node_config(args.partition_id, args.num_partitions, args.data_path)
-            if not 0 < args.poll <= 60:
-                raise ValueError(f"--poll {args.poll}: give seconds in (0, 60]")
+            deploy_engine.check_poll(args.poll, f"--poll {args.poll}")
             home = _flwr_home(args.flwr_home)
             runtime = None if args.cold else deploy_engine.runtime_bin(home)
             env = deploy.flower_env(home, runtime_bin=runtime) | {deploy_engine.POLL_ENV: str(args.poll)}

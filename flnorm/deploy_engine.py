@@ -130,16 +130,25 @@ class NodeClock:
         return getattr(time, name)
 
 
+def check_poll(poll: float, source: str) -> float:
+    """``poll`` if it is a sane idle poll in s, in (0, 60]; else ``ValueError`` naming ``source``."""
+    if not 0 < poll <= 60:
+        raise ValueError(f"{source}: give seconds in (0, 60]")
+    return poll
+
+
 def node_poll() -> float:
     """The SuperNode's idle poll in s: ``POLL_ENV`` if set, else ``DEFAULT_POLL``."""
     raw = os.environ.get(POLL_ENV, "")
+    source = f"{POLL_ENV}={raw!r}"
     try:
         poll = float(raw) if raw else DEFAULT_POLL
     except ValueError:
-        raise SystemExit(f"{POLL_ENV}={raw!r}: give the SuperNode's poll interval in seconds, e.g. 0.2") from None
-    if not 0 < poll <= 60:
-        raise SystemExit(f"{POLL_ENV}={raw!r}: the poll interval must be in (0, 60] s")
-    return poll
+        raise SystemExit(f"{source}: give the SuperNode's poll interval in seconds, e.g. 0.2") from None
+    try:
+        return check_poll(poll, source)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _changes_apply(component: str) -> bool:
