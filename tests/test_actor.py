@@ -65,3 +65,32 @@ def test_client_threads_follow_the_cpus_ray_assigned(local_ray):
     assert reply.content["metrics"]["actor_cpus"] == 2  # not the run's num-cpus (1)
     assert actor_cpus() is None  # the driver is no actor
     ray.kill(actor)
+
+
+def test_a_local_ray_starts_no_api_server_process(local_ray):
+    from ray._private import ray_constants
+    from ray._private.node import Node
+
+    from flnorm.runner import simulation
+
+    node = ray._private.worker.global_worker.node
+    assert ray_constants.PROCESS_TYPE_DASHBOARD not in node.all_processes
+    assert {ray_constants.PROCESS_TYPE_RAYLET, ray_constants.PROCESS_TYPE_GCS_SERVER} <= set(node.all_processes)
+    assert Node.start_api_server is not simulation._no_api_server  # restored after ray.init
+
+
+def test_the_api_server_change_applies_only_to_a_local_ray_of_its_release(monkeypatch):
+    from ray._private.node import Node
+
+    from flnorm.runner import simulation
+
+    original = Node.start_api_server
+    assert ray.__version__ == simulation.RAY_VERSION, "the pinned Ray moved: check _without_api_server against it"
+    with simulation._without_api_server(local=True):
+        assert Node.start_api_server is simulation._no_api_server
+    with simulation._without_api_server(local=False):  # joining a cluster: its head runs its own
+        assert Node.start_api_server is original
+    monkeypatch.setattr(simulation, "RAY_VERSION", "0.0.0")
+    with simulation._without_api_server(local=True):
+        assert Node.start_api_server is original
+    assert Node.start_api_server is original

@@ -31,6 +31,7 @@ from flnorm.task import new_model
 
 log = logging.getLogger("flnorm")
 SERVER_STOP_WAIT = 30.0  # seconds the ServerApp gets to finish its step after a stop signal
+RAY_VERSION = "2.55.1"  # the Ray release ``_without_api_server`` was written for
 
 
 def backend_config(cfg: ExperimentConfig) -> dict:
@@ -86,7 +87,7 @@ def start_ray(cfg: ExperimentConfig) -> bool:
         paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
         init_args = init_args | {"include_dashboard": False}
-    with warnings.catch_warnings(), _ray_keeps_sigterm_handler():
+    with warnings.catch_warnings(), _ray_keeps_sigterm_handler(), _without_api_server(not address):
         # Ray's notice that it may stop hiding GPUs from tasks that ask for none; flnorm
         # relies on the hiding (a client with num-gpus=0 trains on the CPU).
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
@@ -114,6 +115,33 @@ def _ray_keeps_sigterm_handler() -> Iterator[None]:
         yield
     finally:
         utils.set_sigterm_handler = original
+
+
+@contextmanager
+def _without_api_server(local: bool) -> Iterator[None]:
+    """Inside, a Ray started here starts no API server process (Ray's dashboard head).
+
+    With the dashboard off, Ray 2.55 still starts that process, a Python server loading
+    only its usage-statistics module, and ``ray.init`` polls until it has published its
+    address before it starts the raylet (README, *Start-up*). flnorm uses nothing
+    it serves (no dashboard, job or state API); usage statistics go unreported. Applied
+    only on the Ray release it was written for (``RAY_VERSION``); on any other Ray starts
+    as it is.
+    """
+    import ray
+    from ray._private.node import Node
+
+    original = Node.start_api_server
+    if local and ray.__version__ == RAY_VERSION:
+        Node.start_api_server = _no_api_server
+    try:
+        yield
+    finally:
+        Node.start_api_server = original
+
+
+def _no_api_server(self: Any, **kwargs: Any) -> None:
+    """``ray._private.node.Node.start_api_server`` that starts nothing (``webui_url`` stays None)."""
 
 
 def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
