@@ -70,9 +70,9 @@ def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path, warm
 
     t0 = time.monotonic()
 
-    def start(cmd: list[str], home: str, name: str, runtime: Path | None = None) -> None:
-        proc = subprocess.Popen(cmd, env=deploy.flower_env(tmp / home, runtime_bin=runtime), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, cwd=tmp, text=True)
+    def start(cmd: list[str], home: str, name: str, runtime: Path | None = None, task_poll: float | None = None) -> None:
+        env = deploy.flower_env(tmp / home, runtime_bin=runtime, task_poll=task_poll)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp, text=True)
         started.append(proc)
         threading.Thread(target=stamp_lines, args=(proc, tmp / f"{name}.log", t0), daemon=True).start()
 
@@ -82,7 +82,7 @@ def deployment_rounds(nodes: int, rounds: int, local_steps: int, tmp: Path, warm
         for k in range(nodes):
             runtime = deploy_engine.runtime_bin(tmp / f"node{k}") if warm else None
             start(deploy.supernode_command(address, free_port(), deploy.node_config(k, nodes), runtime_bin=runtime),
-                  f"node{k}", f"node{k}", runtime)
+                  f"node{k}", f"node{k}", runtime, deploy.SUPERNODE_TASK_POLL)
         deploy.write_connection(tmp / "cli", "local", address)
         env = deploy.flower_env(tmp / "cli")
         out = tmp / "run"

@@ -242,7 +242,9 @@ def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
 
     The app is copied to a temporary directory (``flwr run`` packs the project directory),
     with its own ``FLWR_HOME`` and SuperLink ports; the federation has ``cfg.clients``
-    SuperNodes of ``cfg.num_cpus`` CPUs. The SuperLink is stopped by PID at the end.
+    SuperNodes of ``cfg.num_cpus`` CPUs. The local SuperLink's SuperExec polls as Flower's
+    does by default, as under a ``flwr run .`` typed in a shell (not at the SuperNodes' short
+    poll, ``flnorm.deploy.SUPERNODE_TASK_POLL``). The SuperLink is stopped by PID at the end.
     """
     import json
     import signal

@@ -29,9 +29,13 @@ OFFLINE_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_TELEMETRY_ENABLED": "0",
 }
-# Flower's SuperExec (started by a SuperNode or SuperLink) asks for a new task to launch
-# every second by default, which delays every ClientApp and ServerApp process by up to 1 s.
-TASK_POLL_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+# Flower's SuperExec (started by a SuperNode or SuperLink) asks for a new task to launch every
+# ``TASK_POLL_ENV`` seconds (default 1). A SuperNode's launches a ClientApp for every message,
+# so there a short poll starts every phase of every round sooner; a SuperLink's launches one
+# ServerApp (or simulation) per run, where a short poll saves under a second once and costs a
+# request through the SuperLink's HTTP stack every poll for the whole run (README, *Deploying*).
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPERNODE_TASK_POLL = 0.1  # s, the SuperNodes' SuperExec poll that flnorm sets unless given
 
 
 @dataclass(frozen=True)
@@ -143,17 +147,18 @@ def _bin(tool: str) -> str:
 
 
 def flower_env(flwr_home: str | Path, base: Mapping[str, str] | None = None,
-               runtime_bin: Path | None = None) -> dict[str, str]:
-    """Environment for a Flower process: its own ``FLWR_HOME``, offline, the venv on ``PATH``,
-    SuperExec's task poll at 0.1 s unless set.
+               runtime_bin: Path | None = None, task_poll: float | None = None) -> dict[str, str]:
+    """Environment for a Flower process: its own ``FLWR_HOME``, offline, the venv on ``PATH``.
 
     ``runtime_bin`` (``flnorm.deploy_engine.runtime_bin``), for a SuperNode, goes first on
-    ``PATH``: the SuperExec it launches by name is then flnorm's.
+    ``PATH``: the SuperExec it launches by name is then flnorm's. ``task_poll`` (s) sets the
+    SuperExec's task poll (``TASK_POLL_ENV``) unless the environment already does; ``None``
+    leaves Flower's default.
     """
     env = dict(os.environ if base is None else base)
     env.update(OFFLINE_ENV)
-    for key, value in TASK_POLL_ENV.items():
-        env.setdefault(key, value)
+    if task_poll is not None:
+        env.setdefault(TASK_POLL_ENV, str(task_poll))
     env["FLWR_HOME"] = str(Path(flwr_home).resolve())
     path = [str(Path(sys.executable).parent), env.get("PATH", "")]
     if runtime_bin is not None:

@@ -74,7 +74,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             deploy_engine.check_poll(args.poll, f"--poll {args.poll}")
             home = _flwr_home(args.flwr_home)
             runtime = None if args.cold else deploy_engine.runtime_bin(home)
-            env = deploy.flower_env(home, runtime_bin=runtime) | {deploy_engine.POLL_ENV: str(args.poll)}
+            env = deploy.flower_env(home, runtime_bin=runtime, task_poll=deploy.SUPERNODE_TASK_POLL) | {
+                deploy_engine.POLL_ENV: str(args.poll)}
             _exec(deploy.supernode_command(args.superlink, args.port, config, args.root_certificates, args.key,
                                            runtime_bin=runtime), env)
     except (ValueError, FileNotFoundError) as exc:

@@ -67,3 +67,21 @@ def test_bad_poll_is_refused_with_the_valid_range(tmp_path, monkeypatch):
                           "--partition-id", "0", "--num-partitions", "1", "--poll", "-1",
                           "--flwr-home", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--poll -1.0: give seconds in (0, 60]" in out.stderr
+
+
+def test_only_supernodes_get_a_short_superexec_task_poll(tmp_path, monkeypatch):
+    """A SuperNode's SuperExec launches a ClientApp per message: flnorm shortens its task poll. A
+    SuperLink's launches one ServerApp per run: it keeps Flower's (polling costs CPU all run long)."""
+    from flnorm import cli, deploy_cli
+
+    launched = {}
+    monkeypatch.setattr(deploy_cli, "_exec", lambda cmd, env: launched.setdefault(cmd[0].rsplit("/", 1)[-1], env))
+    monkeypatch.delenv(deploy.TASK_POLL_ENV, raising=False)
+    home = ["--flwr-home", str(tmp_path)]
+    assert cli.main(["deploy", "superlink", *home]) == 0
+    assert cli.main(["deploy", "supernode", "--superlink", "127.0.0.1:1", "--partition-id", "0",
+                     "--num-partitions", "1", *home]) == 0
+    assert deploy.TASK_POLL_ENV not in launched["flower-superlink"]
+    assert launched["flower-supernode"][deploy.TASK_POLL_ENV] == str(deploy.SUPERNODE_TASK_POLL)
+    monkeypatch.setenv(deploy.TASK_POLL_ENV, "0.5")  # the user's setting wins
+    assert deploy.flower_env(tmp_path, task_poll=deploy.SUPERNODE_TASK_POLL)[deploy.TASK_POLL_ENV] == "0.5"
