@@ -21,7 +21,8 @@ Each cell's per-round metrics are kept as one CSV under ``--results`` (kept in g
 re-run skips kept cells and continues a cell cut short from its checkpoint. Figures are
 means over the last ``--window`` evaluated rounds, with the flatness rule of
 ``reproduce_table4.py`` (``*``: moved more than 1 point against the window before).
-*Global* is the global model on each client's test split (mean over clients), *personal*
+*Global* is the global model on each client's test split (mean over clients; ``-`` for the
+local-only baseline, whose server model is never trained), *personal*
 each client's own model state (its BN; the whole model under ``local``): the protocol of
 FedBN's paper under feature shift, and no evidence of learning under label shift.
 """
@@ -51,6 +52,8 @@ ORDER = ["Local only", "FedAvg", "FedAvg+BN", "FedBN", "SiloBN", "FixBN", "Preci
 REGIMES = {"iid": "iid", "label shift": "classes-2", "feature shift": "domains"}
 SEEDS = {"iid": [0], "classes-2": [0], "domains": [0, 1, 2]}
 KEYS = ["method", "partition", "seed"]
+# Methods whose server model is never trained (nothing crosses the wire): no global figure.
+NO_GLOBAL_MODEL = {"Local only"}
 
 
 def cells(methods: list[str], partitions: list[str]) -> list[tuple[str, dict]]:
@@ -103,7 +106,7 @@ def report(args: argparse.Namespace) -> None:
     seeds = per_method.size()
 
     def show(method: str, partition: str, column: str) -> str:
-        if (method, partition) not in table.index:
+        if (method, partition) not in table.index or (column == "global_" and method in NO_GLOBAL_MODEL):
             return "-"
         value = fmt(table.loc[(method, partition), column], flat.loc[(method, partition)])
         sd = spread.loc[(method, partition), column]
@@ -124,9 +127,10 @@ def report(args: argparse.Namespace) -> None:
         print("| method | " + " | ".join(DOMAINS) + " | mean |\n" + "|---" * (len(DOMAINS) + 2) + "|")
         for method in [m for m in ORDER if m in domains.groups]:
             g = domains.get_group(method)
-            cells_ = [f"{g[f'test_accuracy_{d}'].mean():.1f} / {g[f'personal_accuracy_{d}'].mean():.1f}"
-                      for d in DOMAINS]
-            print(f"| {method} | " + " | ".join(cells_) + f" | {g.global_.mean():.1f} / {g.personal.mean():.1f} |")
+            glob = [("-" if method in NO_GLOBAL_MODEL else f"{g[c].mean():.1f}")
+                    for c in [*(f"test_accuracy_{d}" for d in DOMAINS), "global_"]]
+            pers = [f"{g[c].mean():.1f}" for c in [*(f"personal_accuracy_{d}" for d in DOMAINS), "personal"]]
+            print(f"| {method} | " + " | ".join(f"{a} / {b}" for a, b in zip(glob, pers, strict=True)) + " |")
     rounds = sorted(settled["rounds"].unique().tolist())
     print(f"\n{len(settled)} cells, rounds {rounds}, {settled['seconds'].sum():.0f} s of rounds in all")
 

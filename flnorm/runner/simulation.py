@@ -12,11 +12,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
-from flwr.clientapp import ClientApp
 
 from flnorm.config import ExperimentConfig
 from flnorm.data.federated import load_partition
@@ -28,6 +26,10 @@ from flnorm.runner.progress import flower_log
 from flnorm.runner.rundir import METRICS_FILE, default_run_dir
 from flnorm.runner.stopping import Stopped, deferred, reclaim_signals, stop_on_signals, stopping_active
 from flnorm.task import new_model
+
+if TYPE_CHECKING:  # pandas and Flower load beside ``ray.init`` (``run_prepared``), not before it
+    import pandas as pd
+    from flwr.clientapp import ClientApp
 
 log = logging.getLogger("flnorm")
 SERVER_STOP_WAIT = 30.0  # seconds the ServerApp gets to finish its step after a stop signal
@@ -270,6 +272,7 @@ def _run_prepared(cfg: ExperimentConfig, client_app: ClientApp | None) -> pd.Dat
 
 def _import_flower_side() -> tuple[Callable[..., Any], ClientApp, Callable[[ExperimentConfig], Any]]:
     """Import what ``run_prepared`` needs from Flower (and the modules of flnorm's engine changes)."""
+    import pandas  # noqa: F401 - for ``load_metrics``, off the main thread
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as flnorm_client_app
@@ -281,6 +284,8 @@ def _import_flower_side() -> tuple[Callable[..., Any], ClientApp, Callable[[Expe
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``metrics.csv`` of a run directory as a DataFrame (``attrs["run_dir"]`` set)."""
+    import pandas as pd
+
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         raise RuntimeError(f"the run wrote no metrics ({path} is missing): it failed before round 1")
