@@ -94,3 +94,42 @@ def test_the_api_server_change_applies_only_to_a_local_ray_of_its_release(monkey
     with simulation._without_api_server(local=True):
         assert Node.start_api_server is original
     assert Node.start_api_server is original
+
+
+def test_the_dashboard_dependency_check_matches_rays_and_imports_nothing():
+    """flnorm's check names the same modules as Ray's ``optional_deps`` and gives Ray's verdict
+    (missing or not); a real local start then leaves aiohttp unimported in the driver."""
+    import ast
+    import subprocess
+    import sys
+
+    import ray.dashboard
+    from ray._private.utils import get_dashboard_dependency_error
+
+    from flnorm.runner import simulation
+
+    source = (os.path.dirname(ray.dashboard.__file__) + "/optional_deps.py")
+    tree = ast.parse(open(source).read())
+    tops = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    tops |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert tops == set(simulation.DASHBOARD_DEPENDENCIES)
+    assert (simulation.missing_dashboard_dependency() is None) == (get_dashboard_dependency_error() is None)
+    code = ("import sys; from flnorm import ExperimentConfig; from flnorm.runner.simulation import start_ray; "
+            "import ray; start_ray(ExperimentConfig(ray_cpus=1)); print('aiohttp' in sys.modules); ray.shutdown()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(simulation.missing_dashboard_dependency() is None)
+
+
+def test_the_dependency_check_change_applies_only_to_its_ray_release(monkeypatch):
+    from ray._private import utils
+
+    from flnorm.runner import simulation
+
+    original = utils.get_dashboard_dependency_error
+    with simulation._quick_dependency_check():
+        assert utils.get_dashboard_dependency_error is not original
+    assert utils.get_dashboard_dependency_error is original
+    monkeypatch.setattr(simulation, "RAY_VERSION", "0.0.0")
+    with simulation._quick_dependency_check():
+        assert utils.get_dashboard_dependency_error is original
