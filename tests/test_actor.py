@@ -1,6 +1,7 @@
 """flnorm's Ray actor: runs a ClientApp as Flower's actor does, without Flower's simulation runtime."""
 
 import os
+from pathlib import Path
 
 import pytest
 import ray
@@ -68,68 +69,95 @@ def test_client_threads_follow_the_cpus_ray_assigned(local_ray):
 
 
 def test_a_local_ray_starts_no_api_server_process(local_ray):
-    from ray._private import ray_constants
+    from ray._private import ray_constants, services
     from ray._private.node import Node
 
-    from flnorm.runner import simulation
+    from flnorm.runner import ray_start
 
     node = ray._private.worker.global_worker.node
     assert ray_constants.PROCESS_TYPE_DASHBOARD not in node.all_processes
     assert {ray_constants.PROCESS_TYPE_RAYLET, ray_constants.PROCESS_TYPE_GCS_SERVER} <= set(node.all_processes)
-    assert Node.start_api_server is not simulation._no_api_server  # restored after ray.init
+    assert Node.start_api_server is not ray_start._no_api_server  # restored after ray.init
+    assert services.get_node.__module__ == "ray._private.services"
 
 
-def test_the_api_server_change_applies_only_to_a_local_ray_of_its_release(monkeypatch):
+def test_the_start_up_changes_apply_only_to_their_ray_release_and_only_inside_the_block(monkeypatch):
+    from ray._private import services, utils
     from ray._private.node import Node
 
-    from flnorm.runner import simulation
+    from flnorm.runner import ray_start
 
-    original = Node.start_api_server
-    assert ray.__version__ == simulation.RAY_VERSION, "the pinned Ray moved: check _without_api_server against it"
-    with simulation._without_api_server(local=True):
-        assert Node.start_api_server is simulation._no_api_server
-    with simulation._without_api_server(local=False):  # joining a cluster: its head runs its own
-        assert Node.start_api_server is original
-    monkeypatch.setattr(simulation, "RAY_VERSION", "0.0.0")
-    with simulation._without_api_server(local=True):
-        assert Node.start_api_server is original
-    assert Node.start_api_server is original
+    targets = [(Node, "start_api_server"), (utils, "get_dashboard_dependency_error"), (services, "get_node")]
+    originals = [getattr(owner, name) for owner, name in targets]
+
+    def changed() -> list[bool]:
+        return [getattr(owner, name) is not original for (owner, name), original in zip(targets, originals)]
+
+    assert ray.__version__ == ray_start.RAY_VERSION, "the pinned Ray moved: check flnorm/runner/ray_start.py"
+    with ray_start.start_up_changes(local=True):
+        assert changed() == [True, True, True]
+        assert Node.start_api_server is ray_start._no_api_server
+    assert changed() == [False, False, False]
+    with ray_start.start_up_changes(local=False):  # joining a cluster: its head runs its own API server
+        assert changed() == [False, True, False]
+    monkeypatch.setattr(ray_start, "RAY_VERSION", "0.0.0")
+    with ray_start.start_up_changes(local=True):
+        assert changed() == [False, False, False]
 
 
-def test_the_dashboard_dependency_check_matches_rays_and_imports_nothing():
-    """flnorm's check names the same modules as Ray's ``optional_deps`` and gives Ray's verdict
-    (missing or not); a real local start then leaves aiohttp unimported in the driver."""
+# Run in a fresh process: a real local start through ``start_ray``. A spy stands in for Ray's
+# ``services.get_node`` (the call that sleeps a second between checks while the raylet has not
+# registered): it reads the GCS's node table itself when Ray's call is made.
+_REAL_START = """
+import json, sys
+import ray
+from ray._private import services
+from ray._private.state import GlobalState
+from flnorm import ExperimentConfig
+from flnorm.runner.simulation import start_ray
+
+rays_get_node, calls = services.get_node, []
+
+def spy(gcs_address, node_id):
+    state = GlobalState()
+    state._initialize_global_state(services._get_gcs_client_options(gcs_address))
+    table = state._connect_and_get_accessor().get_node_table()
+    calls.append(any(n["NodeID"] == node_id and n["Alive"] for n in table))
+    info = rays_get_node(gcs_address, node_id)
+    calls.append(info["node_id"] == node_id)
+    return info
+
+services.get_node = spy
+start_ray(ExperimentConfig(ray_cpus=1))
+print(json.dumps({"aiohttp": "aiohttp" in sys.modules, "calls": calls,
+                  "restored": services.get_node is spy}))
+ray.shutdown()
+"""
+
+
+def test_a_real_local_start_imports_no_aiohttp_and_asks_for_its_node_once_registered():
+    """flnorm's dependency check names the same modules as Ray's ``optional_deps`` and gives Ray's
+    verdict (missing or not); a real local start then leaves aiohttp unimported in the driver and
+    makes Ray's node call once, with the node already registered (so it answers without sleeping)."""
     import ast
+    import json
     import subprocess
     import sys
 
     import ray.dashboard
     from ray._private.utils import get_dashboard_dependency_error
 
-    from flnorm.runner import simulation
+    from flnorm.runner import ray_start
 
-    source = (os.path.dirname(ray.dashboard.__file__) + "/optional_deps.py")
-    tree = ast.parse(open(source).read())
+    source = Path(ray.dashboard.__file__).with_name("optional_deps.py").read_text()
+    tree = ast.parse(source)
     tops = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     tops |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert tops == set(simulation.DASHBOARD_DEPENDENCIES)
-    assert (simulation.missing_dashboard_dependency() is None) == (get_dashboard_dependency_error() is None)
-    code = ("import sys; from flnorm import ExperimentConfig; from flnorm.runner.simulation import start_ray; "
-            "import ray; start_ray(ExperimentConfig(ray_cpus=1)); print('aiohttp' in sys.modules); ray.shutdown()")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert tops == set(ray_start.DASHBOARD_DEPENDENCIES)
+    assert (ray_start.missing_dashboard_dependency() is None) == (get_dashboard_dependency_error() is None)
+    out = subprocess.run([sys.executable, "-c", _REAL_START], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == str(simulation.missing_dashboard_dependency() is None)
-
-
-def test_the_dependency_check_change_applies_only_to_its_ray_release(monkeypatch):
-    from ray._private import utils
-
-    from flnorm.runner import simulation
-
-    original = utils.get_dashboard_dependency_error
-    with simulation._quick_dependency_check():
-        assert utils.get_dashboard_dependency_error is not original
-    assert utils.get_dashboard_dependency_error is original
-    monkeypatch.setattr(simulation, "RAY_VERSION", "0.0.0")
-    with simulation._quick_dependency_check():
-        assert utils.get_dashboard_dependency_error is original
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["aiohttp"] == (ray_start.missing_dashboard_dependency() is None)
+    assert seen["calls"] == [True, True]  # one call, made after the raylet registered
+    assert seen["restored"]

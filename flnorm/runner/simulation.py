@@ -23,6 +23,7 @@ from flnorm.precision import native_on_cpu
 from flnorm.runner.checkpoint import resume_point
 from flnorm.runner.engine import engine_changes
 from flnorm.runner.progress import flower_log
+from flnorm.runner.ray_start import start_up_changes
 from flnorm.runner.rundir import METRICS_FILE, default_run_dir
 from flnorm.runner.stopping import Stopped, deferred, reclaim_signals, stop_on_signals, stopping_active
 from flnorm.task import new_model
@@ -33,10 +34,6 @@ if TYPE_CHECKING:  # pandas and Flower load beside ``ray.init`` (``run_prepared`
 
 log = logging.getLogger("flnorm")
 SERVER_STOP_WAIT = 30.0  # seconds the ServerApp gets to finish its step after a stop signal
-RAY_VERSION = "2.55.1"  # the Ray release ``_without_api_server`` and ``_quick_dependency_check`` were written for
-# The top-level modules of ``ray.dashboard.optional_deps`` (Ray 2.55): Ray's dashboard needs all of them.
-DASHBOARD_DEPENDENCIES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry", "prometheus_client",
-                          "pydantic")
 
 
 def backend_config(cfg: ExperimentConfig) -> dict:
@@ -92,8 +89,7 @@ def start_ray(cfg: ExperimentConfig) -> bool:
         paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
         init_args = init_args | {"include_dashboard": False}
-    with warnings.catch_warnings(), _ray_keeps_sigterm_handler(), _without_api_server(not address), \
-            _quick_dependency_check():
+    with warnings.catch_warnings(), _ray_keeps_sigterm_handler(), start_up_changes(local=not address):
         # Ray's notice that it may stop hiding GPUs from tasks that ask for none; flnorm
         # relies on the hiding (a client with num-gpus=0 trains on the CPU).
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
@@ -121,73 +117,6 @@ def _ray_keeps_sigterm_handler() -> Iterator[None]:
         yield
     finally:
         utils.set_sigterm_handler = original
-
-
-@contextmanager
-def _without_api_server(local: bool) -> Iterator[None]:
-    """Inside, a Ray started here starts no API server process (Ray's dashboard head).
-
-    With the dashboard off, Ray 2.55 still starts that process, a Python server loading
-    only its usage-statistics module, and ``ray.init`` polls until it has published its
-    address before it starts the raylet (README, *Start-up*). flnorm uses nothing
-    it serves (no dashboard, job or state API); usage statistics go unreported. Applied
-    only on the Ray release it was written for (``RAY_VERSION``); on any other Ray starts
-    as it is.
-    """
-    import ray
-    from ray._private.node import Node
-
-    original = Node.start_api_server
-    if local and ray.__version__ == RAY_VERSION:
-        Node.start_api_server = _no_api_server
-    try:
-        yield
-    finally:
-        Node.start_api_server = original
-
-
-def _no_api_server(self: Any, **kwargs: Any) -> None:
-    """``ray._private.node.Node.start_api_server`` that starts nothing (``webui_url`` stays None)."""
-
-
-@contextmanager
-def _quick_dependency_check() -> Iterator[None]:
-    """Inside, Ray's check for its dashboard's dependencies looks them up before importing them.
-
-    Before it starts the raylet, ``ray.init`` imports ``ray.dashboard.optional_deps`` to learn
-    whether they are installed (the dashboard agent then runs ``--minimal`` or not): aiohttp
-    and the rest are imported in the driver even where one is missing, as here
-    (``aiohttp_cors``), on start-up's critical path. Inside, a missing top-level module is
-    found with ``importlib.util.find_spec`` and reported as the same ``ImportError``;
-    only when all are present does Ray's own check (the imports) run. Applied only on
-    ``RAY_VERSION``.
-    """
-    import ray
-    from ray._private import utils
-
-    original = utils.get_dashboard_dependency_error
-
-    def check() -> ImportError | None:
-        missing = missing_dashboard_dependency()
-        return missing if missing is not None else original()
-
-    if ray.__version__ == RAY_VERSION:
-        utils.get_dashboard_dependency_error = check
-    try:
-        yield
-    finally:
-        utils.get_dashboard_dependency_error = original
-
-
-def missing_dashboard_dependency() -> ImportError | None:
-    """The ``ImportError`` of the first of ``DASHBOARD_DEPENDENCIES`` not installed, found without
-    importing anything; None when all are."""
-    import importlib.util
-
-    for name in DASHBOARD_DEPENDENCIES:
-        if name not in sys.modules and importlib.util.find_spec(name) is None:
-            return ModuleNotFoundError(f"No module named '{name}'", name=name)
-    return None
 
 
 def prepare(cfg: ExperimentConfig) -> ExperimentConfig:
