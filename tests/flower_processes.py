@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import psutil
 
@@ -41,7 +42,7 @@ def stop_tree(pids: list[int], timeout: float = 10.0) -> list[int]:
             root = psutil.Process(pid)
         except psutil.NoSuchProcess:
             continue
-        for p in [root, *root.children(recursive=True)]:
+        for p in _tree(root):
             procs[p.pid] = p
     sessions = {_sid(pid) for pid in procs} - {None, _sid(os.getpid())}
     for p in psutil.process_iter():
@@ -61,9 +62,34 @@ def stop_tree(pids: list[int], timeout: float = 10.0) -> list[int]:
     return sorted(procs)
 
 
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    """``root`` and its descendants; a process that exits while the tree is walked is left out."""
+    for _ in range(5):
+        try:
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            if not root.is_running():
+                return []
+    return [root]
+
+
+def session_pids(sid: int) -> list[int]:
+    """The processes of session ``sid`` that still run (zombies run nothing)."""
+    return [p.pid for p in psutil.process_iter(["status"])
+            if _sid(p.pid) == sid and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+
 def stop_session(sid: int, timeout: float = 10.0) -> list[int]:
     """Terminate every process of session ``sid`` (e.g. what ``ray start`` left running after
     being started with ``start_new_session=True``: its daemons keep its session id)."""
-    pids = [p.pid for p in psutil.process_iter(["status"])
-            if _sid(p.pid) == sid and p.info["status"] != psutil.STATUS_ZOMBIE]  # zombies run nothing
+    pids = session_pids(sid)
     return stop_tree(pids, timeout) if pids else []
+
+
+def left_running(sid: int, settle: float = 10.0) -> list[int]:
+    """The processes of session ``sid`` still running ``settle`` seconds after it was stopped
+    (a daemon a stopped parent spawned during the stop may take a moment to exit on its own)."""
+    deadline = time.monotonic() + settle
+    while (pids := session_pids(sid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids

@@ -16,7 +16,7 @@ import pytest
 from flnorm import ExperimentConfig, run_experiment
 from flnorm.errors import ConfigError
 from flnorm.runner.simulation import check_cluster
-from flower_processes import free_port, stop_session
+from flower_processes import free_port, left_running, stop_session
 
 RAY = Path(sys.executable).parent / "ray"
 
@@ -47,7 +47,10 @@ def cluster():
         for sid in sessions:
             stop_session(sid)
         shutil.rmtree(temp, ignore_errors=True)
-    assert not any(stop_session(sid) for sid in sessions)  # nothing was left running
+    left = {sid: left_running(sid) for sid in sessions}
+    for sid in sessions:
+        stop_session(sid)  # stop a leak before failing on it
+    assert not any(left.values()), f"left running after the cluster was stopped: {left}"
 
 
 def _placement(out: Path) -> pd.DataFrame:
