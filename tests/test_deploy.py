@@ -99,7 +99,7 @@ def test_tls_authenticated_deployment_survives_a_killed_node(tmp_path):
         assert "[code: 2004] Failed to activate SuperNode" in refusal
 
         out = tmp_path / "run"
-        run_config = (f"clients=3 rounds=3 local-steps=3 norm='bn' strategy='fedavg-pooled' min-replies=1 "
+        run_config = (f"clients=3 rounds=2 local-steps=3 norm='bn' strategy='fedavg-pooled' min-replies=1 "
                       f"data-dir='{ROOT / 'data'}' out='{out}'")
         submitted = flwr("run", ".", "secure", "--run-config", run_config, "--format", "json")
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -118,7 +118,7 @@ def test_tls_authenticated_deployment_survives_a_killed_node(tmp_path):
         assert status["status"] == "finished:completed", status
         metrics = pd.read_csv(metrics_file)
         print(metrics[["round", "clients_trained", "failures", "seconds", "test_accuracy"]].to_string())
-        assert metrics["round"].tolist() == [1, 2, 3]  # every round ran
+        assert metrics["round"].tolist() == [1, 2]  # every round ran
         assert metrics["clients_trained"].iloc[0] == 3 and metrics["clients_trained"].iloc[-1] == 2
         assert metrics["failures"].sum() >= 1  # the killed node's unanswered message, reported by the SuperLink
         assert (out / "model.pt").exists() and (out / "checkpoint.pt").exists()
