@@ -20,3 +20,12 @@ def mnist200():
 
     data = load_dataset("mnist5k")
     return data.train_x[:200], data.train_y[:200], Standardize(data.mean, data.std, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def shared_ray():
+    """One Ray, and one set of actors, for a module's simulations (as a grid's cells share them)."""
+    from flnorm.runner.ray_backend import keep_ray
+
+    with keep_ray():
+        yield

@@ -29,7 +29,6 @@ from flnorm.protocol import (
     TRAIN,
 )
 from flnorm.runner.monitor import ReplyLog
-from flnorm.runner.ray_backend import keep_ray
 from flnorm.runner.simulation import prepare
 from flnorm.task import bn_layout, new_model
 
@@ -157,12 +156,6 @@ def test_client_app_refuses_instruction_keys_its_message_type_does_not_define(ta
 
 
 # ---------------------------------------------------------------- slow: real simulations
-
-@pytest.fixture(scope="module")
-def shared_ray():
-    with keep_ray():
-        yield
-
 
 class GridSpy:
     """Wraps the ServerApp's real Grid; records every message sent and every reply."""

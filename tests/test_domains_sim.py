@@ -13,7 +13,7 @@ from flnorm.data import load_dataset
 from flnorm.data.partition import PartitionSpec, make_partition
 from flnorm.models import build_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 DOMAINS = ("mnist", "optdigits", "mnistm", "synth")
 

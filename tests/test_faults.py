@@ -12,7 +12,7 @@ from flnorm.runner.checkpoint import load_checkpoint
 from flnorm.runner.recorder import RoundRecorder
 from flnorm.runner.simulation import prepare, run_prepared
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_ray")]
 
 
 def test_raising_client_and_nan_update_do_not_stop_the_run(tmp_path):

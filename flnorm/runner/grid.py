@@ -238,8 +238,7 @@ def run_grid(
             _run_cells(cells, parallel, record)
     finally:
         progress.close()
-    results = pd.read_csv(root / RESULTS_FILE)
-    results["error"] = results["error"].fillna("")
+    results = pd.read_csv(root / RESULTS_FILE, converters={"error": str})  # "" where no error, not NaN
     results.attrs["grid_dir"] = str(root)
     return results
 
@@ -248,7 +247,7 @@ def _run_cells(cells: list[Cell], parallel: int, record: Callable[[Cell, str, st
     if parallel == 1:
         from flnorm.runner.ray_backend import keep_ray
 
-        with keep_ray():  # one Ray for all cells: 3-5 s less per cell
+        with keep_ray():  # one Ray and one set of actors for all cells (flnorm.runner.ray_backend)
             for cell in cells:
                 status, error, _ = _attempt(cell, in_process=True)
                 record(cell, status, error)

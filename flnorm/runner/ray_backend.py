@@ -1,4 +1,4 @@
-"""Three changes to Flower's Ray backend for in-process simulations.
+"""Four changes to Flower's Ray backend for in-process simulations.
 
 **A lighter actor class.** The pool's actors are ``flnorm.runner.actor.ClientActor``,
 Flower's ``ClientAppActor`` without the 1 s import of Flower's whole simulation runtime
@@ -23,6 +23,16 @@ simulation (``RayBackend.terminate``); inside ``keep_ray()`` only the run's acto
 stopped and the next run reuses the running Ray (``ray.init`` costs 3-5 s here). Actors
 are killed, not asked to stop: Flower's ``terminate`` task would queue behind the work
 already on an interrupted run's actors.
+
+**Actors kept between the runs of a grid.** Inside ``keep_ray()`` a run that ends with
+every actor back in its pool (no client call in flight) parks its actors, and the next
+run asking for the same per-client resources takes them instead of starting new ones.
+A new actor is a new Python process that imports torch, Flower and the data before its
+first client, seconds of every grid cell's round 1 (README, Performance). An actor holds no
+run's state: Flower passes the ClientApp, the message and the client's context with
+every call, and the ClientApp's per-process caches (dataset, model object, partitions)
+are keyed by the run's config. Parked actors are checked alive before reuse; an
+interrupted run's actors, or parked ones that fail the check, are killed.
 """
 
 from __future__ import annotations
@@ -40,8 +50,11 @@ from flnorm.runner.actor import ClientActor
 
 QUEUE_DEPTH = 2
 CALLS_WAIT = 10.0  # seconds the calls of killed actors get to fail before Ray stops
+READY_WAIT = 10.0  # seconds parked actors get to answer before they are replaced
 _flower_terminate = RayBackend.terminate
 _keep_ray = False
+# Inside keep_ray(): the last run's actors, with the per-client resources they were made with.
+_parked: tuple[dict[str, Any], list[Any]] | None = None
 
 
 def _build(self: RayBackend, app_fn: Callable[[], Any]) -> None:
@@ -49,7 +62,11 @@ def _build(self: RayBackend, app_fn: Callable[[], Any]) -> None:
     pool = BasicActorPool(
         actor_type=ClientActor, client_resources=self.client_resources, actor_kwargs=self.actor_kwargs
     )
-    pool.add_actors_to_pool(pool.actors_capacity)
+    reused = _unpark(self.client_resources, pool.actors_capacity) if not self.actor_kwargs else None
+    if reused:
+        pool.pool, pool.num_actors = reused, len(reused)
+    else:
+        pool.add_actors_to_pool(pool.actors_capacity)
     self.pool = pool
     self.app_fn = app_fn
     actors = list(pool.pool)
@@ -61,13 +78,52 @@ def _terminate(self: RayBackend) -> None:
     pool = self.pool
     if pool is not None:
         pool.submit = _refuse  # an interrupted run's workers may still pick up a message
-        actors = [*pool.pool, *pool._future_to_actor.values()]
-        for actor in {id(actor): actor for actor in actors}.values():  # once, not once per slot
-            ray.kill(actor, no_restart=True)
-        _await_calls(pool)
+        actors = list({id(a): a for a in [*pool.pool, *pool._future_to_actor.values()]}.values())
+        if _keep_ray and not pool._future_to_actor and not self.actor_kwargs:
+            _park(self.client_resources, actors)  # every call answered: the actors are idle
+        else:
+            _kill(actors)
+            _await_calls(pool)
         pool.pool = []
     if not _keep_ray:
         _flower_terminate(self)
+
+
+def _kill(actors: list[Any]) -> None:
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+
+
+def _park(resources: dict[str, Any], actors: list[Any]) -> None:
+    global _parked
+    if _parked is not None:  # (not taken by a run in between)
+        _kill(_parked[1])
+    _parked = (dict(resources), actors)
+
+
+def _unpark(resources: dict[str, Any], count: int) -> list[Any] | None:
+    """The parked actors if they were made with ``resources``, are ``count``, and answer."""
+    global _parked
+    if _parked is None:
+        return None
+    (made_with, actors), _parked = _parked, None
+    if made_with == resources and len(actors) == count and _answer(actors):
+        return actors
+    _kill(actors)
+    return None
+
+
+def _answer(actors: list[Any]) -> bool:
+    """Whether every actor answers Ray's built-in ready call within ``READY_WAIT`` seconds."""
+    calls = [actor.__ray_ready__.remote() for actor in actors]
+    done, _ = ray.wait(calls, num_returns=len(calls), timeout=READY_WAIT)
+    if len(done) < len(calls):
+        return False
+    try:
+        ray.get(done)
+    except ray.exceptions.RayError:  # the actor died (its process exited or was killed)
+        return False
+    return True
 
 
 def _refuse(*args: Any, **kwargs: Any) -> Any:
@@ -100,15 +156,20 @@ def keeping_ray() -> bool:
 
 @contextmanager
 def keep_ray() -> Iterator[None]:
-    """Keep Ray running between the simulations started inside; shut it down at the end.
+    """Keep Ray, and the last run's idle actors, between the simulations started inside;
+    stop both at the end.
 
     The first simulation's Ray settings (``ray_cpus``) hold for all of them.
     """
-    global _keep_ray
+    global _keep_ray, _parked
     _keep_ray, outer = True, _keep_ray
     try:
         yield
     finally:
         _keep_ray = outer
-        if not outer and ray.is_initialized():
-            ray.shutdown()
+        if not outer:
+            parked, _parked = _parked, None
+            if ray.is_initialized():
+                if parked is not None:  # killed, not left to notice Ray's shutdown on their own
+                    _kill(parked[1])
+                ray.shutdown()
