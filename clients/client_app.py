@@ -24,7 +24,7 @@ from flwr.clientapp import ClientApp
 from flnorm.bn.precise import moments_to_arrays
 from flnorm.config import ExperimentConfig
 from flnorm.protocol import (
-    ACCEPTED, BN_FROZEN, BN_MOMENTS, CLIENT, CUDA_DEVICES, DOMAIN_CORRECT, DOMAIN_N, DOMAIN_PERSONAL_CORRECT,
+    ACCEPTED, BN_FROZEN, BN_LAYERS, BN_MOMENTS, CLIENT, CUDA_DEVICES, DOMAIN_CORRECT, DOMAIN_N, DOMAIN_PERSONAL_CORRECT,
     EXPERIMENT, INSTRUCTIONS, METRICS, MODEL, MOMENTS, NUM_EXAMPLES, PLACEMENT, PROXIMAL_MU, RAY_NODE,
     SERVER_ROUND,
 )
@@ -164,8 +164,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(BN_MOMENTS.split(".", 1)[1])
 def bn_moments(msg: Message, context: Context) -> Message:
     """PreciseBN pass: per-BN-layer (n, mean, var) of the received model over local data."""
-    task, _ = _task(msg, context)
+    task, config = _task(msg, context)
     task.load(torch_state(msg.content[MODEL]))
-    moments = {k: Array(v) for k, v in moments_to_arrays(task.moments()).items()}
+    layers = config.get(BN_LAYERS)
+    moments = {k: Array(v) for k, v in moments_to_arrays(task.moments(layers)).items()}
     metrics = MetricRecord({NUM_EXAMPLES: len(task.data.train_y), CLIENT: task.client})
     return Message(RecordDict({MOMENTS: ArrayRecord(moments), METRICS: metrics}), reply_to=msg)

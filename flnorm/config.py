@@ -71,7 +71,8 @@ class ExperimentConfig:
     proximal_mu: float = _field(0.01, "fedprox: proximal weight mu", "strategy")
     server_lr: float = _field(0.01, "fedadam, fedyogi: server learning rate eta", "strategy")
     fixbn_rounds: int = _field(0, "fixbn: rounds before BN statistics are frozen (0 = half of rounds)", "strategy")
-    precise_passes: int = _field(0, "precisebn: statistics passes per round (0 = one per BN layer, exact)",
+    precise_passes: int = _field(0, "precisebn: statistics passes per round (0 = one per BN layer in forward order, "
+                                 "exact; fewer measure every layer in each)",
                                  "strategy")
     bn_eval: str = _field("auto", f"BN statistics of the global evaluation: {_choices(BN_EVAL)} "
                           "(auto: precise for precisebn, batch for fedbn/silobn, else global)")

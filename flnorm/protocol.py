@@ -38,6 +38,7 @@ PLACEMENT = "placement"  # train replies: where the client ran (RAY_NODE, CUDA_D
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 BN_FROZEN = "bn-frozen"
+BN_LAYERS = "bn-layers"
 
 # Metric keys every reply carries: the Flower weight and the client's partition id.
 NUM_EXAMPLES = "num-examples"
@@ -61,13 +62,14 @@ INSTRUCTION_KEYS: dict[str, str] = {
     PROXIMAL_MU: "adds mu/2 * ||w - w_global||^2 over the trainable parameters to the local loss",
     BN_FROZEN: "trains with every BN layer normalizing by the received running statistics, "
                "left unchanged",
+    BN_LAYERS: "measures only these BN layers (qualified module names); absent: every BN layer",
 }
 
 #: Instruction keys a client accepts, per message type.
 ACCEPTED: dict[str, frozenset[str]] = {
-    TRAIN: frozenset(INSTRUCTION_KEYS),
+    TRAIN: frozenset({SERVER_ROUND, PROXIMAL_MU, BN_FROZEN}),
     EVALUATE: frozenset({SERVER_ROUND}),
-    BN_MOMENTS: frozenset({SERVER_ROUND}),
+    BN_MOMENTS: frozenset({SERVER_ROUND, BN_LAYERS}),
 }
 
 #: What each message type asks a client to do.
@@ -76,8 +78,8 @@ MESSAGE_TYPES: dict[str, str] = {
            "SGD steps, replies with the model less its local keys",
     EVALUATE: "replies with the global and the personalized loss and accuracy on its test split "
               "(a multi-domain dataset: also per domain, DOMAIN_N / DOMAIN_CORRECT / DOMAIN_PERSONAL_CORRECT)",
-    BN_MOMENTS: "loads the model, replies with per-BN-layer (n, mean, var) over its training data "
-                "(weights frozen)",
+    BN_MOMENTS: "loads the model, replies with per-BN-layer (n, mean, var) of the layer's input over "
+                "its training data (weights frozen, eval mode)",
 }
 
 #: What of each BN module stays on the client (never sent either way).
@@ -144,8 +146,10 @@ CONTRACTS: dict[str, StrategyContract] = {c.name: c for c in (
     StrategyContract("precisebn", "FedAvg plus federated PreciseBN (Wu & Johnson, 2021)",
                      "replaced by the pooled population statistics of every client's data "
                      "under the averaged model, before each evaluation",
-                     queries=((BN_MOMENTS, "after aggregation in rounds that evaluate, "
-                               "once per pass: precise-passes"),)),
+                     queries=((BN_MOMENTS, "after aggregation in rounds that evaluate, once per pass: "
+                               "one pass per BN layer in forward order, each with that layer in "
+                               "bn-layers (precise-passes 0); else precise-passes passes of every "
+                               "layer"),)),
     StrategyContract("local", "Local only (FedBN's SingleSet baseline): every client trains its own "
                      "model alone, no federation; its figure is the personalized accuracy",
                      "none on the server (the global model stays the initial one)", bn_local="model"),

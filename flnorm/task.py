@@ -7,7 +7,7 @@ The Flower ClientApp in ``clients/`` translates messages to these calls; a plain
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from functools import lru_cache
 
 import numpy as np
@@ -197,9 +197,9 @@ class ClientTask:
                         bn_batch_stats=bn_batch_stats, groups=self.data.test_domain,
                         num_groups=len(self.domains))
 
-    def moments(self, batch_size: int = EVAL_BATCH) -> dict[str, Moments]:
-        """Per-BN-layer moments of the loaded model over the client's training data."""
+    def moments(self, layers: Collection[str] | None = None, batch_size: int = EVAL_BATCH) -> dict[str, Moments]:
+        """Moments of the loaded model's BN layers (or of ``layers``) over the client's training data."""
         x = self.data.train_x
         return collect_moments(
-            self.model, (self.transform(x[i : i + batch_size]) for i in range(0, len(x), batch_size))
+            self.model, (self.transform(x[i : i + batch_size]) for i in range(0, len(x), batch_size)), layers
         )

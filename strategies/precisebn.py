@@ -4,11 +4,12 @@ Only rounds that evaluate (``--eval-every``) run the statistics passes: train-mo
 never reads the running statistics, only evaluations do.
 
 After the weights are averaged, the server sends the frozen global model to every client
-(``query.bn_moments`` messages); each returns per-BN-layer ``(n, mean, var)`` over its
-training data; the server pools them exactly (law of total variance) and installs them.
-Passes repeat this so that layer after layer holds the population statistics of its
-input under the eval-time network (``flnorm.bn.precise``). The round's global model,
-evaluated and sent out next, carries these statistics.
+(``query.bn_moments`` messages); each returns ``(n, mean, var)`` of the requested BN
+layers' inputs over its training data; the server pools them exactly (law of total
+variance) and installs them. Passes repeat this so that layer after layer holds the
+population statistics of its input under the eval-time network; an exact run asks for
+one layer per pass, in forward order (``flnorm.bn.precise.pass_plan``). The round's
+global model, evaluated and sent out next, carries these statistics.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from flwr.serverapp import Grid
 
 from flnorm.bn.moments import Moments, pool_moments
 from flnorm.bn.pooling import install_moments
-from flnorm.bn.precise import moments_from_arrays
-from flnorm.protocol import BN_MOMENTS, INSTRUCTIONS, MODEL, MOMENTS, SERVER_ROUND
+from flnorm.bn.precise import moments_from_arrays, pass_plan
+from flnorm.protocol import BN_LAYERS, BN_MOMENTS, INSTRUCTIONS, MODEL, MOMENTS, SERVER_ROUND
 from flnorm.records import array_record, numpy_state
 from strategies.fedavg import FedAvg, NumpyState, client_order
 
@@ -36,14 +37,14 @@ class PreciseBN(FedAvg):
     Parameters
     ----------
     passes
-        Statistics passes per round; 0 means one per BN layer (exact).
+        Statistics passes per round; 0 means one per BN layer (exact; see ``pass_plan``).
     timeout
         Seconds to wait for the clients' statistics.
     """
 
     def __init__(self, *, passes: int = 0, timeout: float = 3600, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.passes = passes or len(self.layout.layers)
+        self.plan = pass_plan(self.layout.order, passes)
         self.timeout = timeout
         self._grid: Grid | None = None
 
@@ -60,14 +61,15 @@ class PreciseBN(FedAvg):
         if arrays is None or not self.layout or not self.evaluates(server_round):
             return arrays, metrics
         state = numpy_state(arrays)
-        for _ in range(self.passes):
-            install_moments(state, self.pooled_moments(server_round, state), self.layout)
+        for layers in self.plan:
+            install_moments(state, self.pooled_moments(server_round, state, layers), self.layout)
         return array_record(state), metrics
 
-    def pooled_moments(self, server_round: int, state: NumpyState) -> dict[str, Moments]:
-        """One statistics pass: every client's moments under ``state``, pooled per layer."""
+    def pooled_moments(self, server_round: int, state: NumpyState, layers: tuple[str, ...]) -> dict[str, Moments]:
+        """One statistics pass: every client's moments of ``layers`` under ``state``, pooled per layer."""
         assert self._grid is not None, "configure_train must run first"
-        content = RecordDict({MODEL: array_record(state), INSTRUCTIONS: ConfigRecord({SERVER_ROUND: server_round})})
+        instructions = ConfigRecord({SERVER_ROUND: server_round, BN_LAYERS: list(layers)})
+        content = RecordDict({MODEL: array_record(state), INSTRUCTIONS: instructions})
         messages = [
             Message(content, dst_node_id=node, message_type=BN_MOMENTS) for node in self._grid.get_node_ids()
         ]
@@ -79,4 +81,4 @@ class PreciseBN(FedAvg):
         if len(valid) < len(messages):
             log.warning("PreciseBN pass: %d of %d clients replied (%s)", len(valid), len(messages), errors[:3])
         per_client = [moments_from_arrays(numpy_state(r.content[MOMENTS])) for r in valid]
-        return {layer.name: pool_moments([c[layer.name] for c in per_client]) for layer in self.layout.layers}
+        return {name: pool_moments([c[name] for c in per_client]) for name in layers}

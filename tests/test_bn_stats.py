@@ -11,7 +11,7 @@ from flnorm.bn import (
     pool_moments, pool_running_stats, population_to_unbiased, precise_statistics,
     unbiased_to_population,
 )
-from flnorm.bn.precise import moments_from_arrays, moments_to_arrays, set_running_stats
+from flnorm.bn.precise import moments_from_arrays, moments_to_arrays, pass_plan, set_running_stats
 from bn_reference import layerwise_population_stats
 from flnorm.models import build_model
 from flnorm.norms import NormSpec
@@ -123,6 +123,71 @@ def test_precise_bn_does_not_depend_on_batching():
             assert other[name].n == m.n
             torch.testing.assert_close(other[name].mean, m.mean, rtol=1e-6, atol=1e-7)
             torch.testing.assert_close(other[name].var, m.var, rtol=1e-6, atol=1e-7)
+
+
+class BackwardsRegistered(nn.Module):
+    """Three chained BN layers registered in the reverse of the order the forward pass reaches them."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn_c, self.bn_b, self.bn_a = nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm2d(3)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.bn_c(torch.relu(self.bn_b(self.conv2(torch.relu(self.conv1(self.bn_a(x)))))) * 2 + 1)
+
+
+def test_layout_orders_layers_as_the_forward_pass_reaches_them():
+    layout = BNLayout.from_model(BackwardsRegistered(), (3, 9, 9))
+    assert [layer.name for layer in layout.layers] == ["bn_c", "bn_b", "bn_a"]  # module order
+    assert layout.order == ("bn_a", "bn_b", "bn_c")
+
+
+def test_pass_plan_measures_one_layer_per_pass_only_when_exact():
+    order = ("a", "b", "c")
+    assert pass_plan(order) == pass_plan(order, 3) == pass_plan(order, 7) == [("a",), ("b",), ("c",)]
+    assert pass_plan(order, 2) == [order, order]
+    assert pass_plan((), 0) == []
+
+
+@pytest.mark.parametrize(("make", "shape"), [
+    (BackwardsRegistered, (3, 9, 9)), (lambda: build_model("cnn", NormSpec.parse("bn"), 10, (1, 28, 28)), (1, 28, 28)),
+])
+def test_one_layer_per_pass_equals_every_layer_in_every_pass(make, shape):
+    """The pass plan gives, to the bit, the definition: as many passes as BN layers, each
+    measuring and installing every layer."""
+    torch.manual_seed(3)
+    model = make()
+    with torch.no_grad():  # running statistics far from the data's, so every pass matters
+        for bn in bn_modules(model).values():
+            bn.running_mean.uniform_(-2, 2)
+            bn.running_var.uniform_(0.5, 4)
+    reference = make()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(40, *shape, generator=G) * 2 + 1
+    batches = lambda: (x[i : i + 16] for i in range(0, 40, 16))  # noqa: E731
+
+    planned = precise_statistics(model, batches)
+    for _ in range(len(bn_modules(reference))):
+        set_running_stats(reference, collect_moments(reference, batches()))
+    expected = collect_moments(reference, batches())
+    assert planned.keys() == expected.keys()
+    for name, m in expected.items():
+        assert planned[name].n == m.n
+        assert torch.equal(planned[name].mean, m.mean) and torch.equal(planned[name].var, m.var), name
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_collect_moments_of_some_layers_equals_those_of_all():
+    model = BackwardsRegistered().eval()
+    x = torch.randn(20, 3, 9, 9, generator=G)
+    every = collect_moments(model, [x[:8], x[8:]])
+    some = collect_moments(model, [x[:8], x[8:]], layers=["bn_b"])
+    assert list(some) == ["bn_b"]
+    assert torch.equal(some["bn_b"].mean, every["bn_b"].mean) and torch.equal(some["bn_b"].var, every["bn_b"].var)
+    with pytest.raises(ValueError, match=r"no BN layers \['bn_z'\].*'bn_c', 'bn_b', 'bn_a'"):
+        collect_moments(model, [x], layers=["bn_z"])
 
 
 def test_batch_statistics_mode_uses_batch_stats_and_leaves_running_stats():

@@ -25,7 +25,7 @@ from flnorm import docs
 from flnorm.config import STRATEGIES
 from flnorm.data import load_dataset, load_partition
 from flnorm.protocol import (
-    BN_FROZEN, BN_MOMENTS, CONTRACTS, EVALUATE, EXPERIMENT, INSTRUCTIONS, MODEL, PROXIMAL_MU, SERVER_ROUND,
+    BN_FROZEN, BN_LAYERS, BN_MOMENTS, CONTRACTS, EVALUATE, EXPERIMENT, INSTRUCTIONS, MODEL, PROXIMAL_MU, SERVER_ROUND,
     TRAIN,
 )
 from flnorm.runner.monitor import ReplyLog
@@ -306,8 +306,9 @@ def test_messages_on_the_wire_match_the_contract(tmp_path, shared_ray, wire, str
         assert set(expected) <= row.train_keys
         evaluates = cfg.evaluates(rnd)
         assert by_round.get((EVALUATE, rnd), []) == ([{SERVER_ROUND: rnd}] * cfg.clients if evaluates else [])
-        if strategy == "precisebn":  # one statistics pass per BN layer, only before evaluations
-            expected_queries = [{SERVER_ROUND: rnd}] * (cfg.clients * len(layout.layers) if evaluates else 0)
+        if strategy == "precisebn":  # one statistics pass per BN layer, in forward order, only before evaluations
+            expected_queries = [{SERVER_ROUND: rnd, BN_LAYERS: [name]} for name in layout.order
+                                for _ in range(cfg.clients)] if evaluates else []
             assert by_round.get((BN_MOMENTS, rnd), []) == expected_queries
 
     assert list(metrics["round"]) == [1, 2, 3]

@@ -54,15 +54,20 @@ class BNLayer:
 
 @dataclass(frozen=True)
 class BNLayout:
-    """The BN layers of a model, with helpers to split its state dict."""
+    """The BN layers of a model, with helpers to split its state dict.
+
+    ``layers`` are in the model's module order, ``order`` names them in the order a
+    forward pass reaches them (what a BN layer sees depends only on the layers before it).
+    """
 
     layers: tuple[BNLayer, ...]
+    order: tuple[str, ...] = ()
 
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: tuple[int, ...]) -> BNLayout:
         """Inspect ``model`` with one forward pass on zeros of ``[2, *input_shape]``."""
         modules = bn_modules(model)
-        spatial: dict[str, int] = {}
+        spatial: dict[str, int] = {}  # filled in the order the forward pass reaches the layers
         hooks = [
             m.register_forward_pre_hook(
                 lambda mod, args, name=name: spatial.__setitem__(name, int(args[0][0, 0].numel()))
@@ -78,9 +83,10 @@ class BNLayout:
             model.train(was_training)
             for h in hooks:
                 h.remove()
-        return cls(tuple(
-            BNLayer(name, spatial[name], m.affine, m.track_running_stats) for name, m in modules.items()
-        ))
+        return cls(
+            tuple(BNLayer(name, spatial[name], m.affine, m.track_running_stats) for name, m in modules.items()),
+            tuple(spatial),
+        )
 
     @cached_property
     def stat_keys(self) -> frozenset[str]:

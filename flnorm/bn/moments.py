@@ -7,7 +7,7 @@ Averaging the ``v_k`` alone drops the spread of the client means.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,8 +53,11 @@ def pool_moments(parts: Sequence[Moments]) -> Moments:
 
 
 @torch.no_grad()
-def collect_moments(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, Moments]:
-    """Moments of every BN layer's input over ``batches``, the model in eval mode.
+def collect_moments(
+    model: nn.Module, batches: Iterable[torch.Tensor], layers: Collection[str] | None = None
+) -> dict[str, Moments]:
+    """Moments of every BN layer's input (or of ``layers``, by name) over ``batches``, the
+    model in eval mode.
 
     Eval mode: every BN normalizes with its current running statistics, so what a layer
     sees does not depend on how the data is batched. Run once per BN layer (installing
@@ -63,6 +66,11 @@ def collect_moments(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[s
     at evaluation (see ``flnorm.bn.precise``).
     """
     modules = bn_modules(model)
+    if layers is not None:
+        unknown = sorted(set(layers) - set(modules))
+        if unknown:
+            raise ValueError(f"no BN layers {unknown} in the model (its BN layers: {list(modules)})")
+        modules = {name: m for name, m in modules.items() if name in layers}
     parts: dict[str, list[Moments]] = {name: [] for name in modules}
     hooks = [
         m.register_forward_pre_hook(lambda mod, args, name=name: parts[name].append(Moments.of(args[0])))

@@ -10,17 +10,23 @@ the next pass the second (its input now normalized by exact statistics), and so 
 eval-time network. Federated, each pass is one round trip: clients return per-layer
 ``(n, mean, var)`` over their data, the server pools them with the law of total
 variance and installs the result.
+
+An exact run measures one layer per pass (``pass_plan``): when a layer's turn comes,
+every BN layer before it already holds its final statistics, and measuring it again in a
+later pass would give the same numbers (same weights, same upstream statistics, same
+data). The first layers see the largest inputs, so this saves most of the moment
+computation; the result is the same as measuring every layer in every pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from flnorm.bn.layout import bn_modules
+from flnorm.bn.layout import BNLayout, bn_modules
 from flnorm.bn.moments import Moments, collect_moments, population_to_unbiased
 
 SEP = "/"
@@ -59,16 +65,31 @@ def set_running_stats(model: nn.Module, moments: Mapping[str, Moments]) -> None:
             m.running_var.copy_(population_to_unbiased(mom.var, mom.n).to(m.running_var))
 
 
+def pass_plan(order: Sequence[str], passes: int = 0) -> list[tuple[str, ...]]:
+    """The BN layers each statistics pass measures, ``order`` being the layers in forward order.
+
+    ``passes`` 0, or at least the number of layers: exact, one layer per pass in forward
+    order. Fewer: every layer in each of ``passes`` passes (the first ``passes`` layers end
+    exact, the later ones measured under upstream statistics still being corrected).
+    """
+    if not passes or passes >= len(order):
+        return [(name,) for name in order]
+    return [tuple(order)] * passes
+
+
 def precise_statistics(
     model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]], passes: int = 0
 ) -> dict[str, Moments]:
-    """Centralized PreciseBN: ``passes`` rounds of collect-and-install (0 = one per layer).
+    """Centralized PreciseBN: the passes of ``pass_plan(order, passes)`` (0 = exact).
 
-    ``batches()`` yields the (standardized) inputs anew for every pass.
+    ``batches()`` yields the (standardized) inputs anew for every pass; the first batch
+    also finds the layers' forward order.
     """
-    passes = passes or len(bn_modules(model))
+    first = next(iter(batches()))
+    order = BNLayout.from_model(model, tuple(first.shape[1:])).order
     moments: dict[str, Moments] = {}
-    for _ in range(passes):
-        moments = collect_moments(model, batches())
-        set_running_stats(model, moments)
+    for layers in pass_plan(order, passes):
+        measured = collect_moments(model, batches(), layers)
+        set_running_stats(model, measured)
+        moments.update(measured)
     return moments
