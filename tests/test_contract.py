@@ -238,7 +238,7 @@ def test_local_only_equals_each_client_training_alone(tmp_path, shared_ray, wire
             losses = []
             for index in batch_stream(len(y), cfg.batch_size, cfg.local_steps, cfg.seed, server_round, client):
                 loss = F.cross_entropy(model(x[index]), y[index])
-                losses.append(float(loss))
+                losses.append(loss.item())
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
