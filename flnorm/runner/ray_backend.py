@@ -19,8 +19,8 @@ is in. At the end of a phase a queued message may wait for a busy actor while an
 is idle: at most one client's work.
 
 **Ray kept between the runs of a grid.** Flower shuts Ray down at the end of every
-simulation (``RayBackend.terminate``); inside ``keep_ray()`` only the run's actors are
-stopped and the next run reuses the running Ray (``ray.init`` costs 3-5 s here). Actors
+simulation (``RayBackend.terminate``); inside ``keep_ray()`` the next run reuses the
+running Ray (``ray.init`` costs 3-5 s here). A run's actors that are not kept (below)
 are killed, not asked to stop: Flower's ``terminate`` task would queue behind the work
 already on an interrupted run's actors.
 
