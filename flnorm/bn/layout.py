@@ -18,6 +18,28 @@ def bn_modules(model: nn.Module) -> dict[str, _BatchNorm]:
     return {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
 
 
+def bn_input_sizes(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """H*W of every BN layer's input (1 for flat features) in one eval-mode forward pass of
+    ``x``, keyed in the order the pass reaches the layers."""
+    spatial: dict[str, int] = {}
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda mod, args, name=name: spatial.__setitem__(name, int(args[0][0, 0].numel()))
+        )
+        for name, m in bn_modules(model).items()
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return spatial
+
+
 @dataclass(frozen=True)
 class BNLayer:
     """One BN layer: its state-dict keys and how many values per channel one sample gives.
@@ -66,25 +88,10 @@ class BNLayout:
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: tuple[int, ...]) -> BNLayout:
         """Inspect ``model`` with one forward pass on zeros of ``[2, *input_shape]``."""
-        modules = bn_modules(model)
-        spatial: dict[str, int] = {}  # filled in the order the forward pass reaches the layers
-        hooks = [
-            m.register_forward_pre_hook(
-                lambda mod, args, name=name: spatial.__setitem__(name, int(args[0][0, 0].numel()))
-            )
-            for name, m in modules.items()
-        ]
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(torch.zeros(2, *input_shape))
-        finally:
-            model.train(was_training)
-            for h in hooks:
-                h.remove()
+        spatial = bn_input_sizes(model, torch.zeros(2, *input_shape))
         return cls(
-            tuple(BNLayer(name, spatial[name], m.affine, m.track_running_stats) for name, m in modules.items()),
+            tuple(BNLayer(name, spatial[name], m.affine, m.track_running_stats)
+                  for name, m in bn_modules(model).items()),
             tuple(spatial),
         )
 

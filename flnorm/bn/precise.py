@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flnorm.bn.layout import BNLayout, bn_modules
+from flnorm.bn.layout import bn_input_sizes, bn_modules
 from flnorm.bn.moments import Moments, collect_moments, population_to_unbiased
 
 SEP = "/"
@@ -83,10 +83,9 @@ def precise_statistics(
     """Centralized PreciseBN: the passes of ``pass_plan(order, passes)`` (0 = exact).
 
     ``batches()`` yields the (standardized) inputs anew for every pass; the first batch
-    also finds the layers' forward order.
+    also finds the layers' forward order (on the model's device, as the passes run).
     """
-    first = next(iter(batches()))
-    order = BNLayout.from_model(model, tuple(first.shape[1:])).order
+    order = tuple(bn_input_sizes(model, next(iter(batches()))))
     moments: dict[str, Moments] = {}
     for layers in pass_plan(order, passes):
         measured = collect_moments(model, batches(), layers)
