@@ -116,3 +116,42 @@ def test_flower_log_shows_only_warnings_unless_verbose(verbose):
         flower.removeHandler(handler)
     shown = ["configure_train: Sampled 3 nodes", FLOWER_NOTICE + " is deprecated"] if verbose else []
     assert seen == [*shown, "a real warning"]
+
+
+def test_a_polling_reader_never_sees_a_torn_table(tmp_path):
+    """A reader polling metrics.csv as rounds land sees a whole table every time: never an empty
+    file (a created-then-filled CSV did that, and a signal test's poll failed on it), never a half row."""
+    import threading
+
+    import pandas as pd
+
+    from flnorm.runner.rundir import RunDirectory
+
+    runs, seen, torn, done, current = 100, [], [], threading.Event(), [tmp_path / "0" / "metrics.csv"]
+
+    def poll() -> None:
+        while not done.is_set():
+            file = current[0]  # the file being written: polled as fast as the reader can
+            if not file.exists():
+                continue
+            try:
+                df = pd.read_csv(file)
+            except pd.errors.EmptyDataError as err:
+                torn.append(repr(err))
+                continue
+            seen.append(len(df))
+            if df.isna().any().any() or list(df["round"]) != list(range(1, len(df) + 1)):
+                torn.append(df.to_csv(index=False))
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for i in range(runs):
+            current[0] = tmp_path / str(i) / "metrics.csv"
+            rundir = RunDirectory(tmp_path / str(i))
+            for rnd in range(1, 11):
+                rundir.append_metrics({"round": rnd, "loss": 1 / rnd, "accuracy": 0.5, "note": "x" * 200})
+    finally:
+        done.set()
+        reader.join()
+    assert seen and not torn, torn[:3]

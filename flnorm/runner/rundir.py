@@ -1,12 +1,15 @@
 """The run directory: resolved config, per-round and per-client CSVs, final model.
 
-Rows are appended and flushed as rounds finish, so a crash keeps what was measured;
-the model is written atomically (temporary file, then rename).
+Rows are appended and flushed as rounds finish, so a crash keeps what was measured.
+A reader polling a run (a test, a notebook) never sees a torn table: a CSV is created
+whole by rename and then grown by one write of complete lines; the config and the model
+are written atomically (temporary file, then rename).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -113,12 +116,13 @@ class RunDirectory:
                     old_rows = list(csv.DictReader(fh))
                 self._write_rows(file, header, old_rows)  # old rows get empty new columns
         self._headers[name] = header
-        new = not file.exists()
-        with file.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=header, extrasaction="raise")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        if not file.exists():  # created whole, by replace: a reader never sees it empty
+            self._write_rows(file, header, list(rows))
+            return
+        text = io.StringIO(newline="")
+        csv.DictWriter(text, fieldnames=header, extrasaction="raise").writerows(rows)
+        with file.open("a", newline="") as fh:  # one write of whole lines: a reader sees none or all
+            fh.write(text.getvalue())
 
     @staticmethod
     def _write_rows(file: Path, header: list[str], rows: list[dict[str, str]]) -> None:
