@@ -161,3 +161,46 @@ def test_a_real_local_start_imports_no_aiohttp_and_asks_for_its_node_once_regist
     assert seen["aiohttp"] == (ray_start.missing_dashboard_dependency() is None)
     assert seen["calls"] == [True, True]  # one call, made after the raylet registered
     assert seen["restored"]
+
+
+# Run in a fresh process: Flower's own Ray backend, built as ``flwr run``'s simulation process
+# builds it (its __init__ starts Ray), with flnorm's engine switched on.
+_FLOWER_BACKEND_START = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())  # as Flower puts the app's directory on the simulation process's path
+import ray
+from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+from ray._private import ray_constants
+from flnorm.runner.engine import engine_changes
+
+with engine_changes():
+    backend = RayBackend({"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                          "init_args": {"num_cpus": 2, "logging_level": "ERROR"}})
+
+@ray.remote(num_cpus=1)
+def worker_path():
+    return os.environ.get("PYTHONPATH", "")
+
+node = ray._private.worker.global_worker.node
+print(json.dumps({"api_server": ray_constants.PROCESS_TYPE_DASHBOARD in node.all_processes,
+                  "runtime_env": dict(ray.get_runtime_context().runtime_env),
+                  "worker_path": ray.get(worker_path.remote()).split(os.pathsep),
+                  "driver_path": os.environ["PYTHONPATH"].split(os.pathsep)}))
+ray.shutdown()
+"""
+
+
+def test_flowers_backend_starts_a_local_ray_with_flnorms_start_up_and_no_runtime_env():
+    """Under ``flwr run`` Flower's backend starts Ray; with flnorm's engine on it starts without an
+    API server process and without Flower's runtime env (a job with one cannot use the workers Ray
+    starts with it), and the workers still get the driver's module path, inherited."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FLOWER_BACKEND_START], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert not seen["api_server"] and seen["runtime_env"] == {}
+    assert seen["worker_path"] == seen["driver_path"] and str(Path(__file__).parents[1]) in seen["worker_path"]
