@@ -45,10 +45,11 @@ def weighted_average(states: Sequence[State], weights: Sequence[float]) -> dict[
             raise ValueError(f"{key}: shapes differ across clients")
         if np.issubdtype(first.dtype, np.integer) or first.dtype == np.bool_:
             out[key] = _integer_mean(arrays, weights).astype(first.dtype)
-        else:
-            acc = np.zeros(first.shape, dtype=np.float64)
-            for a, wk in zip(arrays, w, strict=True):
-                acc += wk * a.astype(np.float64)
+        else:  # one float64 product buffer reused: no temporary per client
+            acc = np.multiply(first, w[0], dtype=np.float64)
+            term = np.empty_like(acc)
+            for a, wk in zip(arrays[1:], w[1:], strict=True):
+                acc += np.multiply(a, wk, out=term, dtype=np.float64)
             out[key] = acc.astype(first.dtype)
     return out
 
