@@ -48,7 +48,6 @@ interrupted run's actors, or parked ones that fail the check, are killed.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,7 +58,7 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
 from flnorm.runner.actor import ClientActor
-from flnorm.runner.ray_start import start_up_changes
+from flnorm.runner.ray_start import export_module_path, start_up_changes
 
 QUEUE_DEPTH = 2
 CALLS_WAIT = 10.0  # seconds the calls of killed actors get to fail before Ray stops
@@ -75,9 +74,7 @@ def _init_ray(self: RayBackend, backend_config: dict[str, Any]) -> None:
     if ray.is_initialized():
         return
     init_args = {"include_dashboard": False, **(backend_config.get(self.init_args_key) or {})}
-    paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
-    os.environ["PYTHONPATH"] = pythonpath  # as Flower's code does: Ray's processes inherit it
+    pythonpath = export_module_path()  # as Flower's code does
     local = not (init_args.get("address") or os.environ.get("RAY_ADDRESS"))
     if not local:
         init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}

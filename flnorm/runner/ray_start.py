@@ -25,6 +25,7 @@ as it is, only slower.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -122,3 +123,12 @@ def wait_until_registered(gcs_address: str, node_id: str, timeout: float = NODE_
         return True
     finally:
         state.disconnect()
+
+
+def export_module_path() -> str:
+    """Put this process's module path (``sys.path``, then ``PYTHONPATH``) in ``PYTHONPATH`` and
+    return it: the processes of a Ray started here inherit it, so its workers import what this
+    process imports (a runtime env would do the same, at a second of start-up)."""
+    paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    return os.environ["PYTHONPATH"]

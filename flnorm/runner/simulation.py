@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import threading
 import warnings
@@ -23,7 +22,7 @@ from flnorm.precision import native_on_cpu
 from flnorm.runner.checkpoint import resume_point
 from flnorm.runner.engine import engine_changes
 from flnorm.runner.progress import flower_log
-from flnorm.runner.ray_start import start_up_changes
+from flnorm.runner.ray_start import export_module_path, start_up_changes
 from flnorm.runner.rundir import METRICS_FILE, default_run_dir
 from flnorm.runner.stopping import Stopped, deferred, reclaim_signals, stop_on_signals, stopping_active
 from flnorm.task import new_model
@@ -69,10 +68,9 @@ def check_cluster(cfg: ExperimentConfig, nodes: list[dict[str, Any]]) -> None:
 def start_ray(cfg: ExperimentConfig) -> bool:
     """Start (or join) the Ray instance for Flower's backend; False if Ray is already up.
 
-    Flower's backend starts Ray itself when none is running, with a ``runtime_env`` that
-    only sets ``PYTHONPATH``; that runtime environment costs about a second of start-up.
-    Workers of a local Ray inherit this process's environment, so setting
-    ``PYTHONPATH`` here does the same for free. With a cluster address this process joins
+    Ray starts here with ``flnorm.runner.ray_start``'s changes; its workers inherit this
+    process's module path through ``PYTHONPATH`` (Flower's own backend passes it in a
+    ``runtime_env``, at about a second of start-up). With a cluster address this process joins
     the cluster as its driver (the cluster's nodes need flnorm installed) after checking
     that a client fits on one of its nodes. Flower shuts Ray down (or disconnects) at the
     end of the run.
@@ -86,8 +84,7 @@ def start_ray(cfg: ExperimentConfig) -> bool:
     if address:
         init_args = {k: v for k, v in init_args.items() if k != "num_cpus"} | {"address": address}
     else:
-        paths = [*sys.path, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+        export_module_path()
         init_args = init_args | {"include_dashboard": False}
     with warnings.catch_warnings(), _ray_keeps_sigterm_handler(), start_up_changes(local=not address):
         # Ray's notice that it may stop hiding GPUs from tasks that ask for none; flnorm
