@@ -4,7 +4,7 @@ Runs ``flnorm run`` in this fresh process (its arguments after ``--``; default: 
 CNN on mnist5k, 10 clients, classes-2, 3 rounds) and prints, in seconds since the process
 started, when each phase began and ended: torch and flnorm imported, the partition
 prepared, Flower's modules imported (in a thread, overlapping ``ray.init``), ``ray.init``,
-the Ray actors created, the first reply stored (the actors have imported torch and flwr.clientapp
+the Ray actors created, the first message submitted to an actor, the first reply stored (the actors have imported torch and flwr.clientapp
 and trained one client), and the end of each round.
 
     .venv/bin/python experiments/startup_timeline.py
@@ -58,6 +58,18 @@ def instrument_flower_side() -> None:
         return store(self, message)
 
     dispatch._store_message_res = store_reply
+
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    submit, submitted = BasicActorPool.submit, [0]
+
+    def first_submit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        submitted[0] += 1
+        if submitted[0] == 1:
+            mark("message 1 submitted to an actor (the ServerApp has started round 1)")
+        return submit(self, *args, **kwargs)
+
+    BasicActorPool.submit = first_submit
 
 
 def main() -> None:
