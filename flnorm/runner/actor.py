@@ -20,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import ray
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
+
+from flnorm.runner.shared_content import with_content
 
 
 @ray.remote
@@ -41,6 +43,15 @@ class ClientActor:
         except Exception as ex:  # noqa: BLE001 - Flower's contract: wrapped, re-raised
             raise ClientAppException(str(ex)) from ex
         return cid, reply, context
+
+    @ray.method(enable_task_events=False)
+    def run_with_content(
+        self, client_app_fn: Callable[[], ClientApp], message: Message, content: RecordDict, cid: str,
+        context: Context,
+    ) -> tuple[str, Message, Context]:
+        """``run`` for a message sent without its content (``flnorm.runner.shared_content``):
+        Ray resolves the stored ``content`` and the message is whole again before the ClientApp."""
+        return self.run(client_app_fn, with_content(message, content), cid, context)
 
     def terminate(self) -> None:
         """Stop this actor (the backend's pool calls it at the end of a run)."""

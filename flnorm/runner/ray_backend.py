@@ -1,4 +1,4 @@
-"""Five changes to Flower's Ray backend for in-process simulations.
+"""Six changes to Flower's Ray backend for in-process simulations.
 
 **A quicker Ray start under ``flwr run``.** Where Flower's backend starts Ray itself (the
 simulation process of ``flwr run .``; ``flnorm run`` starts Ray before, in
@@ -13,6 +13,9 @@ Flower's ``runtime_env`` stays: other machines inherit nothing.
 **A lighter actor class.** The pool's actors are ``flnorm.runner.actor.ClientActor``,
 Flower's ``ClientAppActor`` without the 1 s import of Flower's whole simulation runtime
 in every actor process (see that module).
+
+**A phase's content sent once.** The pool's ``submit`` ships a message's large content to
+Ray's object store once for all the messages that carry it (``flnorm.runner.shared_content``).
 
 **A second message queued on every actor.** Flower 1.41 runs one ``worker`` thread per
 actor and hands each actor one message at a time: a thread takes an idle actor from the
@@ -54,10 +57,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import ray
+from flwr.app import Message
 from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
 from flnorm.runner.actor import ClientActor
+from flnorm.runner.shared_content import SharedContents
 from flnorm.runner.ray_start import export_module_path, start_up_changes
 
 QUEUE_DEPTH = 2
@@ -97,6 +102,23 @@ def _build(self: RayBackend, app_fn: Callable[[], Any]) -> None:
     actors = list(pool.pool)
     pool.pool = [actor for _ in range(QUEUE_DEPTH) for actor in actors]
     pool.num_actors = len(pool.pool)  # Flower starts one worker thread per entry
+    pool.submit = _sharing_submit(pool.submit, SharedContents())
+
+
+def _sharing_submit(flower_submit: Callable[..., Any], shared: SharedContents) -> Callable[..., Any]:
+    """``BasicActorPool.submit`` that sends a large content once (``flnorm.runner.shared_content``)."""
+
+    def submit(actor_fn: Callable[..., Any], job: tuple[Any, Message, str, Any]) -> Any:
+        app_fn, message, cid, context = job
+        split = shared.split(message)
+        if split is None:
+            return flower_submit(actor_fn, job)
+        light, content = split
+        return flower_submit(
+            lambda actor, *_: actor.run_with_content.remote(app_fn, light, content, cid, context), job
+        )
+
+    return submit
 
 
 def _terminate(self: RayBackend) -> None:
