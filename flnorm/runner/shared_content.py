@@ -60,8 +60,8 @@ class SharedContents:
 
     def split(self, message: Message) -> tuple[Message, Any] | None:
         """``(message without its content, reference to the stored content)``; None for a
-        message sent as it is (an error, or too little array data to gain from sharing)."""
-        if message.has_error() or array_bytes(message.content) < SHARE_MIN_BYTES:
+        message sent as it is (no content, or too little array data to gain from sharing)."""
+        if not message.has_content() or array_bytes(message.content) < SHARE_MIN_BYTES:
             return None
         content = message.content
         with self._lock:
