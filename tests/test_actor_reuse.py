@@ -3,11 +3,10 @@
 import os
 import signal
 
-import pandas as pd
 import pytest
 import ray
-import torch
 from ray._private import state
+from same_run import assert_same_run
 
 from flnorm import ExperimentConfig
 from flnorm.runner.ray_backend import keep_ray
@@ -15,17 +14,14 @@ from flnorm.runner.simulation import prepare, run_prepared
 
 pytestmark = pytest.mark.slow
 
-TIMING = {"seconds", "elapsed", "timestamp"}
-PLACEMENT_AND_TIME = ["fit_seconds", "eval_seconds", "ray_node"]
-
 
 def _actor_pids() -> set[int]:
     """Process ids of the live actors, from Ray's GCS."""
     return {info["Pid"] for info in state.actors(actor_state_name="ALIVE").values()}
 
 
-def _run(cfg: ExperimentConfig, out) -> pd.DataFrame:
-    return run_prepared(prepare(cfg.replace(out=str(out))))
+def _run(cfg: ExperimentConfig, out) -> None:
+    run_prepared(prepare(cfg.replace(out=str(out))))
 
 
 def test_runs_inside_keep_ray_reuse_the_actors_and_replace_a_dead_one(tmp_path):
@@ -34,19 +30,13 @@ def test_runs_inside_keep_ray_reuse_the_actors_and_replace_a_dead_one(tmp_path):
     with keep_ray():
         _run(base.replace(seed=1), tmp_path / "other")
         first = _actor_pids()
-        reused = _run(base, tmp_path / "reused")
+        _run(base, tmp_path / "reused")
         assert _actor_pids() == first  # the second run started no actor and stopped none
         os.kill(min(first), signal.SIGKILL)  # an actor's process dies between two runs
-        fresh = _run(base, tmp_path / "fresh")
+        _run(base, tmp_path / "fresh")
         after = _actor_pids()
         assert len(after) == len(first) and not after & first  # the parked actors were all replaced
     assert not ray.is_initialized()
 
     # The same config in reused actors (which ran another seed before) and in new ones: to the bit.
-    columns = [c for c in reused.columns if c not in TIMING]
-    pd.testing.assert_frame_equal(reused[columns], fresh[columns], check_exact=True)
-    clients = [pd.read_csv(tmp_path / run / "clients.csv").drop(columns=PLACEMENT_AND_TIME)
-               for run in ("reused", "fresh")]
-    pd.testing.assert_frame_equal(*clients, check_exact=True)
-    a, b = (torch.load(tmp_path / run / "model.pt") for run in ("reused", "fresh"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "reused", tmp_path / "fresh")
