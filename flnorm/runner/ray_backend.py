@@ -62,8 +62,8 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
 from flnorm.runner.actor import ClientActor
-from flnorm.runner.shared_content import SharedContents
 from flnorm.runner.ray_start import export_module_path, start_up_changes
+from flnorm.runner.shared_content import SharedContents
 
 QUEUE_DEPTH = 2
 CALLS_WAIT = 10.0  # seconds the calls of killed actors get to fail before Ray stops
