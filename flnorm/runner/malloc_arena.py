@@ -1,0 +1,37 @@
+"""One glibc malloc arena for the process that runs the server.
+
+glibc gives a thread that allocates its own arena (up to eight per core), and a thread's
+arena grows in heaps of up to 64 MiB that it unmaps as soon as one is empty. Flower runs
+the ServerApp in a thread of its own, so a server-side allocation too large for the
+arena's first heap (a batch of the test-set evaluation: about 19 MB of activations for
+128 images through the paper CNN) mapped a fresh heap, faulted it in page by page and
+unmapped it when the batch ended. On this VM that was about 35,000 page faults and
+100 ms of kernel time per evaluation of 1,000 images, half the evaluation's time; the
+same evaluation in the main thread faults once. With one arena every thread allocates
+from the main heap, which keeps freed memory for reuse (below its trim threshold). The
+clients are unaffected: a Ray actor runs its calls in its main thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+
+
+def one_malloc_arena() -> bool:
+    """Limit glibc's malloc to one arena, process-wide, for threads that allocate from now on.
+
+    Returns whether the setting was made: not on another C library, nor when the user
+    chose the number of arenas (``MALLOC_ARENA_MAX``). glibc fixes the limit when it first
+    needs it, so it cannot be undone; the main arena serves every thread afterwards.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl and macOS lack it)
+    except (OSError, AttributeError):
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, 1))
