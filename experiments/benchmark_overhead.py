@@ -244,7 +244,8 @@ def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
     with its own ``FLWR_HOME`` and SuperLink ports; the federation has ``cfg.clients``
     SuperNodes of ``cfg.num_cpus`` CPUs. The local SuperLink's SuperExec polls as Flower's
     does by default, as under a ``flwr run .`` typed in a shell (not at the SuperNodes' short
-    poll, ``flnorm.deploy.SUPERNODE_TASK_POLL``). The SuperLink is stopped by PID at the end.
+    poll, ``flnorm.deploy.SUPERNODE_TASK_POLL``), with one malloc arena (``MALLOC_ARENA_MAX=1``,
+    see ``flnorm.runner.malloc_arena``). The SuperLink is stopped by PID at the end.
     """
     import json
     import signal
@@ -255,6 +256,7 @@ def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
         app = copy_app(Path(tmp) / "app")
         ports = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
         env = flower_env(Path(tmp) / "home") | ports
+        env.setdefault("MALLOC_ARENA_MAX", "1")  # as the README runs `flwr run` (flnorm.runner.malloc_arena)
         flwr = str(Path(sys.executable).parent / "flwr")
 
         def call(*args: str) -> str:

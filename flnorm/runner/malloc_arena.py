@@ -10,6 +10,12 @@ unmapped it when the batch ended. On this VM that was about 35,000 page faults a
 same evaluation in the main thread faults once. With one arena every thread allocates
 from the main heap, which keeps freed memory for reuse (below its trim threshold). The
 clients are unaffected: a Ray actor runs its calls in its main thread.
+
+Set at the import of ``flnorm.runner``, the limit reaches the ServerApp thread of ``flnorm
+run``, ``run_experiment`` and grids. Under ``flwr run .`` it comes too late: Flower's
+simulation process imports the ServerApp inside that thread, which has its arena by then;
+``MALLOC_ARENA_MAX=1`` in the environment of ``flwr run`` (which the local SuperLink it
+starts, and the simulation process, inherit) does the same there.
 """
 
 from __future__ import annotations
