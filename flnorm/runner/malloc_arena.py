@@ -5,9 +5,8 @@ arena grows in heaps of up to 64 MiB that it unmaps as soon as one is empty. Flo
 the ServerApp in a thread of its own, so a server-side allocation too large for the
 arena's first heap (a batch of the test-set evaluation: about 19 MB of activations for
 128 images through the paper CNN) mapped a fresh heap, faulted it in page by page and
-unmapped it when the batch ended. On this VM that was about 35,000 page faults and
-100 ms of kernel time per evaluation of 1,000 images, half the evaluation's time; the
-same evaluation in the main thread faults once. With one arena every thread allocates
+unmapped it when the batch ended, every round (README, *Performance*, for what it cost);
+the same evaluation in the main thread does not. With one arena every thread allocates
 from the main heap, which keeps freed memory for reuse (below its trim threshold). The
 clients are unaffected: a Ray actor runs its calls in its main thread.
 
@@ -31,7 +30,8 @@ def one_malloc_arena() -> bool:
 
     Returns whether the setting was made: not on another C library, nor when the user
     chose the number of arenas (``MALLOC_ARENA_MAX``). glibc fixes the limit when it first
-    needs it, so it cannot be undone; the main arena serves every thread afterwards.
+    needs it, so it cannot be undone. A thread that gets its arena afterwards shares one of
+    those that exist: the main one only, when no other thread has allocated before.
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
