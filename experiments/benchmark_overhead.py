@@ -42,6 +42,7 @@ from flnorm import ExperimentConfig, run_experiment
 from flnorm.data import load_dataset, load_partition
 from flnorm.device import resolve_device
 from flnorm.models import build_model
+from flnorm.runner.malloc_arena import ONE_ARENA_ENV
 from flnorm.training import evaluate
 from flower_app import copy_app, free_port, run_config
 
@@ -256,7 +257,7 @@ def flwr_run_path(cfg: ExperimentConfig, timeout: float = 1800) -> list[float]:
         app = copy_app(Path(tmp) / "app")
         ports = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
         env = flower_env(Path(tmp) / "home") | ports
-        env.setdefault("MALLOC_ARENA_MAX", "1")  # as the README runs `flwr run` (flnorm.runner.malloc_arena)
+        env = ONE_ARENA_ENV | env  # as the README runs `flwr run` (a user's own value wins)
         flwr = str(Path(sys.executable).parent / "flwr")
 
         def call(*args: str) -> str:

@@ -27,13 +27,14 @@ This module imports no Flower at import time (the ClientApp imports it in every 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
+
+from flnorm.runner.malloc_arena import ARENA_ENV, user_chose_arenas
 
 log = logging.getLogger("flnorm")
 
@@ -109,5 +110,6 @@ def adopt_in_flower_simulation() -> None:
     """In Flower's simulation process, apply the changes for the rest of its life; else nothing."""
     if in_flower_simulation() and not active() and _acquire():
         log.info("flnorm engine on (Flower %s)", FLOWER_VERSION)
-        if "MALLOC_ARENA_MAX" not in os.environ:  # see flnorm.runner.malloc_arena
-            log.info("MALLOC_ARENA_MAX=1 in the environment of `flwr run` makes the server's evaluation faster")
+        if not user_chose_arenas():
+            log.info("%s=1 in the environment of `flwr run` makes the server's evaluation faster "
+                     "(flnorm.runner.malloc_arena)", ARENA_ENV)

@@ -23,6 +23,13 @@ import ctypes
 import os
 
 M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+ARENA_ENV = "MALLOC_ARENA_MAX"  # glibc's environment variable for the same limit
+ONE_ARENA_ENV = {ARENA_ENV: "1"}  # for the environment of a process flnorm cannot reach at import
+
+
+def user_chose_arenas() -> bool:
+    """Whether the environment sets glibc's number of arenas (flnorm then leaves it alone)."""
+    return ARENA_ENV in os.environ
 
 
 def one_malloc_arena() -> bool:
@@ -33,7 +40,7 @@ def one_malloc_arena() -> bool:
     needs it, so it cannot be undone. A thread that gets its arena afterwards shares one of
     those that exist: the main one only, when no other thread has allocated before.
     """
-    if "MALLOC_ARENA_MAX" in os.environ:
+    if user_chose_arenas():
         return False
     try:
         libc = ctypes.CDLL(None)
