@@ -68,7 +68,7 @@ def test_client_threads_follow_the_cpus_ray_assigned(local_ray):
     ray.kill(actor)
 
 
-def test_a_local_ray_starts_no_api_server_process(local_ray):
+def test_a_local_ray_starts_no_api_server_or_autoscaler_monitor_process(local_ray):
     from ray._private import ray_constants, services
     from ray._private.node import Node
 
@@ -76,8 +76,10 @@ def test_a_local_ray_starts_no_api_server_process(local_ray):
 
     node = ray._private.worker.global_worker.node
     assert ray_constants.PROCESS_TYPE_DASHBOARD not in node.all_processes
+    assert ray_constants.PROCESS_TYPE_MONITOR not in node.all_processes
     assert {ray_constants.PROCESS_TYPE_RAYLET, ray_constants.PROCESS_TYPE_GCS_SERVER} <= set(node.all_processes)
     assert Node.start_api_server is not ray_start._no_api_server  # restored after ray.init
+    assert Node.start_monitor is not ray_start._no_monitor
     assert services.get_node.__module__ == "ray._private.services"
 
 
@@ -87,7 +89,8 @@ def test_the_start_up_changes_apply_only_to_their_ray_release_and_only_inside_th
 
     from flnorm.runner import ray_start
 
-    targets = [(Node, "start_api_server"), (utils, "get_dashboard_dependency_error"), (services, "get_node")]
+    targets = [(Node, "start_api_server"), (Node, "start_monitor"), (utils, "get_dashboard_dependency_error"),
+               (services, "get_node")]
     originals = [getattr(owner, name) for owner, name in targets]
 
     def changed() -> list[bool]:
@@ -95,14 +98,14 @@ def test_the_start_up_changes_apply_only_to_their_ray_release_and_only_inside_th
 
     assert ray.__version__ == ray_start.RAY_VERSION, "the pinned Ray moved: check flnorm/runner/ray_start.py"
     with ray_start.start_up_changes(local=True):
-        assert changed() == [True, True, True]
-        assert Node.start_api_server is ray_start._no_api_server
-    assert changed() == [False, False, False]
-    with ray_start.start_up_changes(local=False):  # joining a cluster: its head runs its own API server
-        assert changed() == [False, True, False]
+        assert changed() == [True, True, True, True]
+        assert Node.start_api_server is ray_start._no_api_server and Node.start_monitor is ray_start._no_monitor
+    assert changed() == [False, False, False, False]
+    with ray_start.start_up_changes(local=False):  # joining a cluster: its head runs its API server, monitor
+        assert changed() == [False, False, True, False]
     monkeypatch.setattr(ray_start, "RAY_VERSION", "0.0.0")
     with ray_start.start_up_changes(local=True):
-        assert changed() == [False, False, False]
+        assert changed() == [False, False, False, False]
 
 
 # Run in a fresh process: a real local start through ``start_ray``. A spy stands in for Ray's
@@ -183,6 +186,7 @@ def worker_path():
 
 node = ray._private.worker.global_worker.node
 print(json.dumps({"api_server": ray_constants.PROCESS_TYPE_DASHBOARD in node.all_processes,
+                  "monitor": ray_constants.PROCESS_TYPE_MONITOR in node.all_processes,
                   "runtime_env": dict(ray.get_runtime_context().runtime_env),
                   "worker_path": ray.get(worker_path.remote()).split(os.pathsep),
                   "driver_path": os.environ["PYTHONPATH"].split(os.pathsep)}))
@@ -192,8 +196,8 @@ ray.shutdown()
 
 def test_flowers_backend_starts_a_local_ray_with_flnorms_start_up_and_no_runtime_env():
     """Under ``flwr run`` Flower's backend starts Ray; with flnorm's engine on it starts without an
-    API server process and without Flower's runtime env (a job with one cannot use the workers Ray
-    starts with it), and the workers still get the driver's module path, inherited."""
+    API server process or autoscaler monitor and without Flower's runtime env (a job with one cannot
+    use the workers Ray starts with it), and the workers still get the driver's module path, inherited."""
     import json
     import subprocess
     import sys
@@ -202,5 +206,5 @@ def test_flowers_backend_starts_a_local_ray_with_flnorms_start_up_and_no_runtime
                          cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.splitlines()[-1])
-    assert not seen["api_server"] and seen["runtime_env"] == {}
+    assert not seen["api_server"] and not seen["monitor"] and seen["runtime_env"] == {}
     assert seen["worker_path"] == seen["driver_path"] and str(Path(__file__).parents[1]) in seen["worker_path"]

@@ -1,4 +1,4 @@
-"""A quicker ``ray.init`` for a Ray started here: three changes to Ray 2.55's start-up.
+"""A quicker ``ray.init`` for a Ray started here: four changes to Ray 2.55's start-up.
 
 Each removes a wait on start-up's critical path that flnorm does not need (README,
 *Start-up*, has the measurements):
@@ -7,6 +7,12 @@ Each removes a wait on start-up's critical path that flnorm does not need (READM
   process serving only usage statistics, and polls until it has published its address
   before it starts the raylet. flnorm uses nothing it serves (no dashboard, job or state
   API); usage statistics go unreported.
+- **No autoscaler monitor.** A local Ray starts the autoscaler's monitor, a Python process
+  (about 0.4-0.9 CPU-seconds of imports) that starts beside the raylet's two agents, whose
+  start-up is the critical path of ``ray.init`` on few cores. A Ray started here never
+  scales: it serves ``ray status`` and resource requests (``request_resources``), which
+  flnorm does not use, and reports resource demands no node can meet, which flnorm refuses
+  before Ray starts (``simulation.prepare``).
 - **Dashboard dependencies looked up, not imported.** To decide whether the dashboard
   agent runs ``--minimal``, Ray imports aiohttp and the rest in the driver even when one is
   missing. A missing top-level module is found with ``importlib.util.find_spec`` and
@@ -57,8 +63,8 @@ def start_up_changes(local: bool) -> Iterator[None]:
 
 def changes(local: bool) -> list[tuple[object, str, Callable[..., Any]]]:
     """``(owner, attribute, replacement)`` for each change that applies: none on another Ray release;
-    joining a cluster, only the dependency check (its head runs its own API server and its node
-    is registered already)."""
+    joining a cluster, only the dependency check (its head runs its own API server and monitor,
+    and its node is registered already)."""
     import ray
     from ray._private import services, utils
     from ray._private.node import Node
@@ -67,13 +73,17 @@ def changes(local: bool) -> list[tuple[object, str, Callable[..., Any]]]:
         return []
     found = [(utils, "get_dashboard_dependency_error", _looked_up_first(utils.get_dashboard_dependency_error))]
     if local:
-        found += [(Node, "start_api_server", _no_api_server),
+        found += [(Node, "start_api_server", _no_api_server), (Node, "start_monitor", _no_monitor),
                   (services, "get_node", _once_registered(services.get_node))]
     return found
 
 
 def _no_api_server(self: Any, **kwargs: Any) -> None:
     """``ray._private.node.Node.start_api_server`` that starts nothing (``webui_url`` stays None)."""
+
+
+def _no_monitor(self: Any) -> None:
+    """``ray._private.node.Node.start_monitor`` that starts nothing (no autoscaler monitor)."""
 
 
 def _looked_up_first(rays_check: Callable[[], ImportError | None]) -> Callable[[], ImportError | None]:
