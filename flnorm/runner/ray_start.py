@@ -1,18 +1,18 @@
 """A quicker ``ray.init`` for a Ray started here: four changes to Ray 2.55's start-up.
 
-Each removes a wait on start-up's critical path that flnorm does not need (README,
-*Start-up*, has the measurements):
+Each removes a wait, or work competing for the CPU, from start-up's critical path, for
+something flnorm does not need (README, *Start-up*, has the measurements):
 
 - **No API server.** With the dashboard off, Ray still starts its dashboard head, a Python
   process serving only usage statistics, and polls until it has published its address
   before it starts the raylet. flnorm uses nothing it serves (no dashboard, job or state
   API); usage statistics go unreported.
 - **No autoscaler monitor.** A local Ray starts the autoscaler's monitor, a Python process
-  (about 0.4-0.9 CPU-seconds of imports) that starts beside the raylet's two agents, whose
-  start-up is the critical path of ``ray.init`` on few cores. A Ray started here never
-  scales: it serves ``ray status`` and resource requests (``request_resources``), which
-  flnorm does not use, and reports resource demands no node can meet, which flnorm refuses
-  before Ray starts (``simulation.prepare``).
+  that starts beside the raylet's two agents, whose start-up is the critical path of
+  ``ray.init`` on few cores. A Ray started here never scales: the monitor serves ``ray
+  status`` and resource requests (``request_resources``), which flnorm does not use, and
+  reports resource demands no node can meet, which flnorm refuses before Ray starts
+  (``simulation.prepare``).
 - **Dashboard dependencies looked up, not imported.** To decide whether the dashboard
   agent runs ``--minimal``, Ray imports aiohttp and the rest in the driver even when one is
   missing. A missing top-level module is found with ``importlib.util.find_spec`` and
