@@ -21,6 +21,12 @@ Each cell's per-round metrics are kept as one CSV under ``--results`` (kept in g
 re-run skips kept cells and continues a cell cut short from its checkpoint. Figures are
 means over the last ``--window`` evaluated rounds, with the flatness rule of
 ``reproduce_table4.py`` (``*``: moved more than 1 point against the window before).
+
+Cells run until flat: one kept at ``--rounds`` that is not flat runs again from the start
+at twice its rounds, up to ``--max-rounds``; what is still not flat there keeps its ``*``.
+A cell restarts rather than continues because its rounds are part of the experiment
+(FixBN freezes its statistics at half of them, and FedBN's and SiloBN's client state is
+not checkpointed); its kept CSV is replaced only when the longer run has finished.
 *Global* is the global model on each client's test split (mean over clients; ``-`` for the
 local-only baseline, whose server model is never trained), *personal*
 each client's own model state (its BN; the whole model under ``local``): the protocol of
@@ -36,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 from reproduce_table4 import METHODS as LABEL_SHIFT_METHODS
-from reproduce_table4 import fmt, kept, run_cell, run_stoppable, settle
+from reproduce_table4 import NOT_FLAT, fmt, kept, run_cell, run_stoppable, settle
 
 from flnorm import ExperimentConfig
 from flnorm.data.digits import DOMAINS
@@ -70,8 +76,38 @@ def cells(methods: list[str], partitions: list[str]) -> list[tuple[str, dict]]:
     return sorted(out, key=lambda cell: (cell[1]["partition"] != "domains", cell[1]["seed"]))
 
 
+def method_of(norm: str, strategy: str) -> str:
+    return next(k for k, v in METHODS.items() if v == {"norm": norm, "strategy": strategy})
+
+
+def settle_cells(data: pd.DataFrame, window: int) -> pd.DataFrame:
+    """``settle`` per cell, with each cell's ``method``; the flatness of a method without a
+    global model is that of its personalized accuracy (its only figure)."""
+    settled = settle(data, window, KEYS)
+    no_global = settled["method"].isin(NO_GLOBAL_MODEL)
+    settled.loc[no_global, "flatness"] = settled.loc[no_global, "personal_flatness"]
+    return settled
+
+
+def due(path: Path, args: argparse.Namespace) -> tuple[int, str] | None:
+    """``(rounds, why)`` if the cell kept as ``path`` must run (again), else ``None``.
+
+    Not kept: ``--rounds``. Kept but not flat at fewer than ``--max-rounds``: twice its
+    rounds, at most ``--max-rounds``.
+    """
+    if not kept(path, args.rounds):
+        return args.rounds, "not kept"
+    curve = pd.read_csv(path).dropna(subset=["test_accuracy"])
+    curve["method"] = [method_of(r.norm, r.strategy) for r in curve.itertuples()]
+    cell = settle_cells(curve, args.window).iloc[0]
+    if abs(cell.flatness) <= NOT_FLAT or cell.rounds >= args.max_rounds:
+        return None
+    rounds = min(2 * int(cell.rounds), args.max_rounds)
+    return rounds, f"not flat at {cell.rounds} rounds ({cell.flatness:+.1f} points): again at {rounds}"
+
+
 def run(args: argparse.Namespace) -> None:
-    """Run every cell not yet kept under ``--results``; keep each one's curve."""
+    """Run every cell not yet kept under ``--results``, and again every kept one not yet flat."""
     base = ExperimentConfig(
         dataset="digits", clients=args.clients, rounds=args.rounds, local_steps=10, batch_size=32, lr=0.01,
         bias=False, precise_passes=0, eval_every=args.eval_every,
@@ -79,14 +115,18 @@ def run(args: argparse.Namespace) -> None:
     todo = cells(args.methods, [REGIMES[r] for r in args.regimes])
     keep = Path(args.results)
     keep.mkdir(parents=True, exist_ok=True)
-    progress = Progress("regimes", len(todo), done=sum(kept(keep / f"{n}.csv", args.rounds) for n, _ in todo),
+    progress = Progress("regimes", len(todo), done=sum(due(keep / f"{n}.csv", args) is None for n, _ in todo),
                         unit="cell")
     try:
         for name, changes in todo:
             path = keep / f"{name}.csv"
-            if not kept(path, args.rounds):
-                run_cell(base.replace(out=str(Path(args.out) / name), **changes), path, progress, name,
-                         cell=name, **changes)
+            while (job := due(path, args)) is not None:
+                rounds, why = job
+                progress.note(f"{name}: {why}")
+                cfg = base.replace(out=str(Path(args.out) / name), rounds=rounds, **changes)
+                run_cell(cfg, path, progress, name, cell=name, **changes)
+                if not kept(path, rounds):  # failed (reported by run_cell): on to the next cell
+                    break
     finally:
         progress.close()
 
@@ -96,9 +136,8 @@ def report(args: argparse.Namespace) -> None:
     if not frames:
         raise SystemExit(f"no results under {args.results}: run without --report-only first")
     data = pd.concat(frames, ignore_index=True).dropna(subset=["test_accuracy"])
-    data["method"] = [next(k for k, v in METHODS.items() if v == {"norm": r.norm, "strategy": r.strategy})
-                      for r in data.itertuples()]
-    settled = settle(data, args.window, KEYS)
+    data["method"] = [method_of(r.norm, r.strategy) for r in data.itertuples()]
+    settled = settle_cells(data, args.window)
     per_method = settled.groupby(["method", "partition"])
     table = per_method[["global_", "personal"]].mean()
     spread = per_method[["global_", "personal"]].std(ddof=1)
@@ -131,14 +170,19 @@ def report(args: argparse.Namespace) -> None:
                     for c in [*(f"test_accuracy_{d}" for d in DOMAINS), "global_"]]
             pers = [f"{g[c].mean():.1f}" for c in [*(f"personal_accuracy_{d}" for d in DOMAINS), "personal"]]
             print(f"| {method} | " + " | ".join(f"{a} / {b}" for a, b in zip(glob, pers, strict=True)) + " |")
-    rounds = sorted(settled["rounds"].unique().tolist())
-    print(f"\n{len(settled)} cells, rounds {rounds}, {settled['seconds'].sum():.0f} s of rounds in all")
+    print(f"\n{len(settled)} cells, {settled['seconds'].sum():.0f} s of rounds in all; rounds per cell:")
+    for rounds, group in settled.groupby("rounds"):
+        names = group.groupby(["method", "partition"])["seed"].apply(lambda s: ",".join(map(str, sorted(s))))
+        print(f"- {rounds}: {len(group)} cells" + ("" if rounds == args.rounds else ": " + "; ".join(
+            f"{m} {p} (seed {s})" for (m, p), s in names.items())))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20, help="clients (a multiple of 4: the digits domains)")
     parser.add_argument("--rounds", type=int, default=100, help="rounds per cell")
+    parser.add_argument("--max-rounds", type=int, default=200,
+                        help="a cell not flat at fewer rounds runs again at twice its rounds, up to this many")
     parser.add_argument("--eval-every", type=int, default=5, help="evaluate every N rounds and at the last")
     parser.add_argument("--window", type=int, default=20, help="rounds averaged for a cell's figure")
     parser.add_argument("--methods", nargs="+", default=ORDER, choices=ORDER)
@@ -149,6 +193,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.clients % len(DOMAINS):
         parser.error(f"--clients must be a multiple of {len(DOMAINS)} (one share of a domain per client)")
+    if args.max_rounds < args.rounds:
+        parser.error(f"--max-rounds ({args.max_rounds}) must be at least --rounds ({args.rounds})")
     start = time.perf_counter()
     if not args.report_only:
         run_stoppable(lambda: run(args))

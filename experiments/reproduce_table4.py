@@ -202,7 +202,8 @@ def curves(args: argparse.Namespace) -> pd.DataFrame:
 
 def settle(data: pd.DataFrame, window: int, keys: list[str] = KEYS) -> pd.DataFrame:
     """Per cell (one group of ``keys``): the mean of its last ``window`` rounds' evaluations
-    (``global``, ``personal``, ``union``, in %), the flatness against the ``window`` before,
+    (``global``, ``personal``, ``union``, in %), the flatness against the ``window`` before
+    (of the global accuracy; ``personal_flatness`` of the personalized one),
     rounds, seconds; and, for every other column named ``*_accuracy_*`` (per domain), its
     mean over the last ``window`` rounds, in %."""
     per_domain = [c for c in data if "_accuracy_" in c]
@@ -217,6 +218,7 @@ def settle(data: pd.DataFrame, window: int, keys: list[str] = KEYS) -> pd.DataFr
             global_=100 * late["test_accuracy"].mean(), personal=100 * late["personal_accuracy"].mean(),
             union=100 * late["union_accuracy"].mean(),
             flatness=100 * (late["test_accuracy"].mean() - before["test_accuracy"].mean()),
+            personal_flatness=100 * (late["personal_accuracy"].mean() - before["personal_accuracy"].mean()),
             seconds=cell["elapsed"].max() if "elapsed" in cell else float("nan"),
             **{c: 100 * late[c].mean() for c in per_domain},
         ))

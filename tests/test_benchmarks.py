@@ -80,13 +80,40 @@ def test_regimes_reproduction_keeps_cells_and_reports_both_regimes(tmp_path):
     figures in the report, and a second invocation that runs nothing."""
     args = ["--clients", "4", "--rounds", "2", "--eval-every", "1", "--window", "1", "--methods", "FedBN",
             "--regimes", "iid", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "kept")]
-    out = _run("reproduce_regimes.py", *args)
+    out = _run("reproduce_regimes.py", *args, "--max-rounds", "2")
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
     assert kept == ["FedBN,partition=iid,seed=0.csv"]
     row = next(ln for ln in out.splitlines() if ln.startswith("| FedBN |"))
     assert re.match(r"\| FedBN \| \d+\.\d\*? / \d+\.\d\*? \| - / - \| - / - \|", row), row
     curve = pd.read_csv(tmp_path / "kept" / kept[0])
     assert {"test_accuracy_mnist", "personal_accuracy_synth"} <= set(curve.columns)
-    again = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args],
+    again = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args, "--max-rounds", "2"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "kept" not in again.stderr  # nothing left to run
+
+
+def test_regimes_reproduction_runs_a_cell_again_until_flat(tmp_path):
+    """A kept cell that is not flat runs again from the start at twice its rounds (up to
+    --max-rounds) and replaces its CSV; a flat one is left as it is."""
+    path = tmp_path / "kept" / "FedBN,partition=iid,seed=0.csv"
+    args = ["--clients", "4", "--rounds", "2", "--eval-every", "1", "--window", "1", "--methods", "FedBN",
+            "--regimes", "iid", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "kept")]
+    _run("reproduce_regimes.py", *args, "--max-rounds", "2")
+    curve = pd.read_csv(path)
+    curve["test_accuracy"] = [0.0, 0.5]  # +50 points from round 1 to round 2: not flat
+    curve.to_csv(path, index=False)
+
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args, "--max-rounds", "4"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not flat at 2 rounds (+50.0 points): again at 4" in proc.stderr
+    longer = pd.read_csv(path)
+    assert longer["round"].tolist() == [1, 2, 3, 4] and longer["test_accuracy"].iloc[0] > 0  # a new run
+    assert "- 4: 1 cells: FedBN iid (seed 0)" in proc.stdout
+
+    longer["test_accuracy"] = [0.1, 0.2, 0.3, 0.305]  # +0.5 points over the last round: flat
+    longer.to_csv(path, index=False)
+    before = path.read_bytes()
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args, "--max-rounds", "8"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "again at" not in proc.stderr and path.read_bytes() == before

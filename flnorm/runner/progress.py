@@ -22,6 +22,16 @@ log = logging.getLogger("flnorm")
 FLOWER_NOTICE = "DEPRECATED FEATURE: The `run_simulation` function"
 
 
+def ensure_logging() -> None:
+    """Show flnorm's INFO lines on stderr, unless the application has configured its logger."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s flnorm: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def interactive() -> bool:
     """Whether progress goes to a terminal (a bar) rather than a log (lines)."""
     return sys.stderr.isatty()
@@ -70,6 +80,8 @@ class Progress:
         self.first_done = math.nan  # when this process's first step ended
         self.bar = (tqdm(total=total, initial=done, desc=label, unit=unit, dynamic_ncols=True, leave=True)
                     if interactive() else None)
+        if self.bar is None:
+            ensure_logging()
 
     def left(self) -> float:
         """Seconds left: the mean of this process's steps after its first (which carries the

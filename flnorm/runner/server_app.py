@@ -25,7 +25,7 @@ from flnorm.runner.checkpoint import (
     Checkpoint, discard_partial_write, restore_strategy_state, resume_point, save_checkpoint, strategy_state,
 )
 from flnorm.runner.monitor import ReplyLog
-from flnorm.runner.progress import Progress
+from flnorm.runner.progress import Progress, ensure_logging
 from flnorm.runner.recorder import RoundRecorder
 from flnorm.runner.rundir import RunDirectory, default_run_dir
 from flnorm.task import new_model
@@ -42,7 +42,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> Path:
 
     With ``cfg.resume`` the run continues in ``cfg.out`` after its last checkpointed round.
     """
-    _ensure_logging()
+    ensure_logging()
     rundir = RunDirectory(cfg.out or default_run_dir(cfg), resume=cfg.resume)
     model = new_model(cfg)
     strategy = build_strategy(cfg)
@@ -161,15 +161,6 @@ def _simulated(grid: Grid) -> bool:
     """Whether ``grid`` is a simulation's in-memory grid (its module is loaded only then)."""
     module = sys.modules.get("flwr.superlink.grid")
     return module is not None and isinstance(grid, module.InMemoryGrid)
-
-
-def _ensure_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s flnorm: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def make_server_app(
