@@ -170,6 +170,19 @@ def report(args: argparse.Namespace) -> None:
                     for c in [*(f"test_accuracy_{d}" for d in DOMAINS), "global_"]]
             pers = [f"{g[c].mean():.1f}" for c in [*(f"personal_accuracy_{d}" for d in DOMAINS), "personal"]]
             print(f"| {method} | " + " | ".join(f"{a} / {b}" for a, b in zip(glob, pers, strict=True)) + " |")
+        seeds_run = SEEDS["domains"]
+        print("\n### Feature shift (`domains`): mean over the domains, seed by seed, global / personalized\n")
+        print("| method | " + " | ".join(f"seed {s}" for s in seeds_run) + " |\n" + "|---" * (len(seeds_run) + 1) + "|")
+        for method in [m for m in ORDER if m in domains.groups]:
+            by_seed = domains.get_group(method).set_index("seed")
+
+            def figure(seed: int, column: str) -> str:
+                if seed not in by_seed.index or (column == "global_" and method in NO_GLOBAL_MODEL):
+                    return "-"
+                return fmt(by_seed.loc[seed, column], by_seed.loc[seed, "flatness"])
+
+            parts = [f"{figure(s, 'global_')} / {figure(s, 'personal')}" for s in seeds_run]
+            print(f"| {method} | " + " | ".join(parts) + " |")
     print(f"\n{len(settled)} cells, {settled['seconds'].sum():.0f} s of rounds in all; rounds per cell:")
     for rounds, group in settled.groupby("rounds"):
         names = group.groupby(["method", "partition"])["seed"].apply(lambda s: ",".join(map(str, sorted(s))))

@@ -76,16 +76,22 @@ def test_deploy_benchmark_runs_superlink_and_supernodes_and_splits_the_round():
 
 
 def test_regimes_reproduction_keeps_cells_and_reports_both_regimes(tmp_path):
-    """The feature-shift reproduction on a tiny grid: one cell per regime kept as a CSV, per-domain
-    figures in the report, and a second invocation that runs nothing."""
+    """The feature-shift reproduction on a tiny grid: one CSV per cell (three seeds under
+    feature shift), the regimes table, per-domain and per-seed figures in the report, and a
+    second invocation that runs nothing."""
     args = ["--clients", "4", "--rounds", "2", "--eval-every", "1", "--window", "1", "--methods", "FedBN",
-            "--regimes", "iid", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "kept")]
+            "--regimes", "iid", "feature shift", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "kept")]
     out = _run("reproduce_regimes.py", *args, "--max-rounds", "2")
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
-    assert kept == ["FedBN,partition=iid,seed=0.csv"]
-    row = next(ln for ln in out.splitlines() if ln.startswith("| FedBN |"))
-    assert re.match(r"\| FedBN \| \d+\.\d\*? / \d+\.\d\*? \| - / - \| - / - \|", row), row
-    curve = pd.read_csv(tmp_path / "kept" / kept[0])
+    assert kept == [f"FedBN,partition=domains,seed={s}.csv" for s in range(3)] + ["FedBN,partition=iid,seed=0.csv"]
+    rows = [ln for ln in out.splitlines() if ln.startswith("| FedBN |")]
+    assert len(rows) == 3, out  # the regimes, per-domain and per-seed tables
+    acc, sd = r"\d+\.\d\*?", r" ± \d+\.\d"  # a figure (* if not flat); the std over seeds
+    regimes = rf"\| FedBN \| {acc} / {acc} \| - / - \| {acc}{sd} / {acc}{sd} \|"  # iid, label shift (not run), domains
+    assert re.fullmatch(regimes, rows[0]), rows[0]
+    assert re.fullmatch(r"\| FedBN \|" + r" \d+\.\d / \d+\.\d \|" * 5, rows[1]), rows[1]  # 4 domains and the mean
+    assert re.fullmatch(r"\| FedBN \|" + rf" {acc} / {acc} \|" * 3, rows[2]), rows[2]  # 3 seeds
+    curve = pd.read_csv(tmp_path / "kept" / kept[-1])
     assert {"test_accuracy_mnist", "personal_accuracy_synth"} <= set(curve.columns)
     again = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args, "--max-rounds", "2"],
                            capture_output=True, text=True, timeout=600)
