@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 from reproduce_table4 import METHODS as LABEL_SHIFT_METHODS
-from reproduce_table4 import NOT_FLAT, fmt, kept, run_cell, run_stoppable, settle
+from reproduce_table4 import NOT_FLAT, fmt, kept, method_of, run_cell, run_stoppable, settle
 
 from flnorm import ExperimentConfig
 from flnorm.data.digits import DOMAINS
@@ -76,10 +76,6 @@ def cells(methods: list[str], partitions: list[str]) -> list[tuple[str, dict]]:
     return sorted(out, key=lambda cell: (cell[1]["partition"] != "domains", cell[1]["seed"]))
 
 
-def method_of(norm: str, strategy: str) -> str:
-    return next(k for k, v in METHODS.items() if v == {"norm": norm, "strategy": strategy})
-
-
 def settle_cells(data: pd.DataFrame, window: int) -> pd.DataFrame:
     """``settle`` per cell, with each cell's ``method``; the flatness of a method without a
     global model is that of its personalized accuracy (its only figure)."""
@@ -98,7 +94,7 @@ def due(path: Path, args: argparse.Namespace) -> tuple[int, str] | None:
     if not kept(path, args.rounds):
         return args.rounds, "not kept"
     curve = pd.read_csv(path).dropna(subset=["test_accuracy"])
-    curve["method"] = [method_of(r.norm, r.strategy) for r in curve.itertuples()]
+    curve["method"] = [method_of(r, METHODS) for r in curve.itertuples()]
     cell = settle_cells(curve, args.window).iloc[0]
     if abs(cell.flatness) <= NOT_FLAT or cell.rounds >= args.max_rounds:
         return None
@@ -136,7 +132,7 @@ def report(args: argparse.Namespace) -> None:
     if not frames:
         raise SystemExit(f"no results under {args.results}: run without --report-only first")
     data = pd.concat(frames, ignore_index=True).dropna(subset=["test_accuracy"])
-    data["method"] = [method_of(r.norm, r.strategy) for r in data.itertuples()]
+    data["method"] = [method_of(r, METHODS) for r in data.itertuples()]
     settled = settle_cells(data, args.window)
     per_method = settled.groupby(["method", "partition"])
     table = per_method[["global_", "personal"]].mean()

@@ -92,8 +92,9 @@ GRIDS = [
 ]
 
 
-def method_of(row: pd.Series) -> str:
-    return next(k for k, v in METHODS.items() if v == {"norm": row["norm"], "strategy": row["strategy"]})
+def method_of(row: Any, methods: dict[str, dict[str, str]] = METHODS) -> str:
+    """The name in ``methods`` of a curve's row (a Series or a named tuple), by its norm and strategy."""
+    return next(k for k, v in methods.items() if v == {"norm": row.norm, "strategy": row.strategy})
 
 
 def cells_of(grid: Grid) -> list[tuple[str, dict[str, Any]]]:

@@ -12,9 +12,13 @@ pytestmark = pytest.mark.slow
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def _run(script: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args],
+def _invoke(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXPERIMENTS / script), *args],
                           capture_output=True, text=True, timeout=600)
+
+
+def _run(script: str, *args: str) -> str:
+    proc = _invoke(script, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -93,8 +97,7 @@ def test_regimes_reproduction_keeps_cells_and_reports_both_regimes(tmp_path):
     assert re.fullmatch(r"\| FedBN \|" + rf" {acc} / {acc} \|" * 3, rows[2]), rows[2]  # 3 seeds
     curve = pd.read_csv(tmp_path / "kept" / kept[-1])
     assert {"test_accuracy_mnist", "personal_accuracy_synth"} <= set(curve.columns)
-    again = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args, "--max-rounds", "2"],
-                           capture_output=True, text=True, timeout=600)
+    again = _invoke("reproduce_regimes.py", *args, "--max-rounds", "2")
     assert again.returncode == 0 and "kept" not in again.stderr  # nothing left to run
 
 
@@ -109,8 +112,7 @@ def test_regimes_reproduction_runs_a_cell_again_until_flat(tmp_path):
     curve["test_accuracy"] = [0.0, 0.5]  # +50 points from round 1 to round 2: not flat
     curve.to_csv(path, index=False)
 
-    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args, "--max-rounds", "4"],
-                          capture_output=True, text=True, timeout=600)
+    proc = _invoke("reproduce_regimes.py", *args, "--max-rounds", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not flat at 2 rounds (+50.0 points): again at 4" in proc.stderr
     longer = pd.read_csv(path)
@@ -120,6 +122,5 @@ def test_regimes_reproduction_runs_a_cell_again_until_flat(tmp_path):
     longer["test_accuracy"] = [0.1, 0.2, 0.3, 0.305]  # +0.5 points over the last round: flat
     longer.to_csv(path, index=False)
     before = path.read_bytes()
-    proc = subprocess.run([sys.executable, str(EXPERIMENTS / "reproduce_regimes.py"), *args, "--max-rounds", "8"],
-                          capture_output=True, text=True, timeout=600)
+    proc = _invoke("reproduce_regimes.py", *args, "--max-rounds", "8")
     assert proc.returncode == 0 and "again at" not in proc.stderr and path.read_bytes() == before
