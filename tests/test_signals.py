@@ -32,10 +32,22 @@ def _rounds_done(out: Path) -> int:
     return len(pd.read_csv(metrics)) if metrics.exists() else 0
 
 
-def _live_processes(session: int) -> list[str]:
-    """Processes still running in the run's session (zombies excluded: they run nothing)."""
-    ps = subprocess.run(["ps", "-s", str(session), "-o", "pid=,stat=,args="], capture_output=True, text=True)
-    return [line for line in ps.stdout.splitlines() if line.split()[1][0] != "Z"]
+def _live_processes(session: int, grace: float = 5.0) -> list[str]:
+    """Processes still running in the run's session ``grace`` seconds after its exit at the latest.
+
+    Zombies are excluded: they run nothing. The grace lets a process that is already ending finish:
+    Flower composes a telemetry event at the end of ``run_simulation`` even with telemetry disabled,
+    and its ``platform.architecture()`` runs the ``file`` command on a daemon thread, which the
+    stopped run can leave behind for a few milliseconds (seen once on a loaded 2-core machine). Whatever
+    still runs after the grace was left behind.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        ps = subprocess.run(["ps", "-s", str(session), "-o", "pid=,stat=,args="], capture_output=True, text=True)
+        live = [line for line in ps.stdout.splitlines() if line.split()[1][0] != "Z"]
+        if not live or time.monotonic() >= deadline:
+            return live
+        time.sleep(0.1)
 
 
 def _stop(proc: subprocess.Popen, signum: int) -> tuple[int, float, str]:
