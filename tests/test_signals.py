@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from flnorm.runner import stopping
+from flower_processes import left_running
 
 RUN = ["--clients", "3", "--rounds", "4", "--local-steps", "2", "--seed", "0"]
 STOP_WITHIN = 20.0  # seconds from the signal to the exit; about 3 s on a quiet 2-core machine
@@ -32,34 +33,21 @@ def _rounds_done(out: Path) -> int:
     return len(pd.read_csv(metrics)) if metrics.exists() else 0
 
 
-def _live_processes(session: int, grace: float = 5.0) -> list[str]:
-    """Processes still running in the run's session ``grace`` seconds after its exit at the latest.
-
-    Zombies are excluded: they run nothing. The grace lets a process that is already ending finish:
-    Flower composes a telemetry event at the end of ``run_simulation`` even with telemetry disabled,
-    and its ``platform.architecture()`` runs the ``file`` command on a daemon thread, which the
-    stopped run can leave behind for a few milliseconds (seen once on a loaded 2-core machine). Whatever
-    still runs after the grace was left behind.
-    """
-    deadline = time.monotonic() + grace
-    while True:
-        ps = subprocess.run(["ps", "-s", str(session), "-o", "pid=,stat=,args="], capture_output=True, text=True)
-        live = [line for line in ps.stdout.splitlines() if line.split()[1][0] != "Z"]
-        if not live or time.monotonic() >= deadline:
-            return live
-        time.sleep(0.1)
-
-
 def _stop(proc: subprocess.Popen, signum: int) -> tuple[int, float, str]:
     sent = time.monotonic()
     os.kill(proc.pid, signum)
     try:
         _, err = proc.communicate(timeout=60)
     finally:
-        leftover = _live_processes(proc.pid)
+        # The grace lets a process that is already ending finish: Flower composes a telemetry event at
+        # the end of ``run_simulation`` even with telemetry disabled, and its ``platform.architecture()``
+        # runs ``file`` on a daemon thread, which the stopped run can leave for a few milliseconds.
+        leftover = left_running(proc.pid, settle=5.0)
+        seen = leftover and subprocess.run(["ps", "-o", "pid=,stat=,args=", "-p", ",".join(map(str, leftover))],
+                                           capture_output=True, text=True).stdout
         if proc.poll() is None or leftover:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert not leftover, leftover
+    assert not leftover, seen or leftover
     return proc.returncode, time.monotonic() - sent, err
 
 
